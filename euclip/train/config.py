@@ -1,0 +1,145 @@
+"""The trainer's typed configuration: flags are parsed into this once, at the edge (the CLI)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from euclip import geometry as geom
+from euclip.configs import check_model
+from euclip.model import ModelConfig
+from euclip.presets import PRESETS, check_preset, default_init_logit_scale
+
+DATASET_TYPES = ("synthetic", "csv", "webdataset")
+PRECISIONS = ("fp32", "amp_bf16", "amp", "pure_bf16")
+
+
+@dataclass
+class TrainConfig:
+    # Run
+    output: str = "runs/run"  # run directory: config, checkpoints, metrics, TensorBoard, results
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available (the local rank's GPU under torchrun), else cpu
+    # Data
+    dataset_type: str = "synthetic"
+    train_data: str | None = None
+    val_data: str | None = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "caption"
+    csv_separator: str = "\t"
+    train_num_samples: int | None = None  # webdataset: samples per epoch; synthetic: epoch length
+    dataset_resampled: bool = False
+    workers: int = 2
+    batch_size: int = 128  # per process
+    # Schedule
+    epochs: int | None = None
+    steps: int | None = None  # overrides epochs
+    lr: float = 5e-4
+    wd: float = 0.2
+    warmup: int = 100
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip_norm: float | None = None
+    accum_freq: int = 1
+    # Performance
+    precision: str = "fp32"
+    torchcompile: bool = False
+    grad_checkpointing: bool = False
+    local_loss: bool = False
+    gather_with_grad: bool = False
+    deterministic: bool = False
+    # Geometry and losses
+    preset: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    entailment_weight: float = 0.0
+    min_radius: float = 0.1  # K at the start of training
+    min_radius_final: float | None = None  # K at the end (linear schedule); None: constant
+    multi_positive: bool = True  # identical captions in a batch are shared positives, not negatives
+    # Bookkeeping
+    save_every_steps: int = 500
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10
+    eval_every_epochs: int = 1
+    zeroshot_samples: int = 2000  # synthetic test-split size for the end-of-run zero-shot evaluation
+    nonfinite_limit: int = 5  # non-finite steps skipped before the run stops
+    resume: str | None = None
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if self.dataset_type not in DATASET_TYPES:
+            raise ValueError(f"unknown dataset type {self.dataset_type!r}; valid types: {', '.join(DATASET_TYPES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.dataset_type != "synthetic":
+            if not self.train_data:
+                raise ValueError(f"--train-data is required with --dataset-type {self.dataset_type}")
+            if self.dataset_type == "csv" and not Path(self.train_data).exists():
+                raise FileNotFoundError(f"--train-data: no such file: {self.train_data}")
+        for name in ("batch_size", "accum_freq", "save_every_steps", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give --steps or --epochs")
+        if self.entailment_weight < 0:
+            raise ValueError(f"--entailment-weight must be >= 0, got {self.entailment_weight}")
+        if self.entailment_weight > 0 and self.model.geometry not in geom.CONE_GEOMETRIES:
+            raise ValueError(f"the entailment loss needs a geometry with cones ({', '.join(geom.CONE_GEOMETRIES)}), "
+                             f"not {self.model.geometry!r}")
+        if self.min_radius <= 0 or (self.min_radius_final is not None and self.min_radius_final <= 0):
+            raise ValueError("--min-radius must be positive")
+        check_model(self.model.model)
+        return self
+
+    def min_radius_at(self, step: int, total_steps: int) -> float:
+        """Linear schedule from ``min_radius`` to ``min_radius_final`` (a small K early was unstable)."""
+        if self.min_radius_final is None or total_steps <= 1:
+            return self.min_radius
+        frac = min(step / (total_steps - 1), 1.0)
+        return self.min_radius + frac * (self.min_radius_final - self.min_radius)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        model = ModelConfig(**data.pop("model", {}))
+        known = {f.name for f in fields(cls)}
+        return cls(model=model, **{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+GEOMETRY_FLAGS = ("geometry", "logit", "final_ln", "entailment_weight", "min_radius", "init_logit_scale", "curvature",
+                  "learn_curvature")
+
+
+def resolve_config(explicit: dict) -> TrainConfig:
+    """Build a TrainConfig from explicitly given options (``None`` = not given), a preset and defaults.
+
+    Precedence: explicit flags > the preset > per-logit defaults > the dataclass defaults. The
+    geometry may be a paper-code alias (``euclidean-squared``); ``init_logit_scale`` defaults to the
+    paper's value for the chosen logit.
+    """
+    given = {k: v for k, v in explicit.items() if v is not None}
+    merged: dict = {}
+    if given.get("preset"):
+        merged.update(PRESETS[check_preset(given["preset"])])
+    merged.update(given)
+    if "geometry" in merged:
+        # An explicit --geometry (maybe an alias) brings its own logit unless --logit is given too.
+        logit = given.get("logit") if "geometry" in given else merged.get("logit")
+        merged["geometry"], merged["logit"] = geom.resolve(merged["geometry"], logit)
+    if "init_logit_scale" not in merged:
+        merged["init_logit_scale"] = default_init_logit_scale(merged.get("logit", ModelConfig.logit),
+                                                              merged.get("entailment_weight", 0.0))
+    model = ModelConfig(**{k: merged.pop(k) for k in list(merged) if k in MODEL_FIELDS})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(merged) - known
+    if unknown:
+        raise ValueError(f"unknown options: {', '.join(sorted(unknown))}")
+    return TrainConfig(model=model, **merged).validate()
