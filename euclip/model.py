@@ -146,7 +146,7 @@ class GeometricCLIP(nn.Module):
         """The head's learnable scalars, for logging."""
         out = {"logit_scale": self.logit_scale.item()}
         if self.geometry == "hyperbolic":
-            out.update(curvature=float(self.curvature), alpha_image=self.log_alpha_image.exp().item(),
+            out.update(curvature=self.log_curvature.exp().item(), alpha_image=self.log_alpha_image.exp().item(),
                        alpha_text=self.log_alpha_text.exp().item())
         return out
 
