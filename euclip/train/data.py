@@ -67,14 +67,17 @@ class EpochIndexed(Dataset):
     reads samples ``e·N + index``: every epoch is new data.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, fresh_per_epoch: bool = False):
+    def __init__(self, dataset: Dataset, seed: int, fresh_per_epoch: bool = False, random_transform: bool = True):
         self.dataset, self.seed, self.fresh_per_epoch = dataset, seed, fresh_per_epoch
+        self.random_transform = random_transform
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
+        if not self.random_transform:
+            return self.dataset[epoch * len(self.dataset) + index if self.fresh_per_epoch else index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, epoch, index))
             return self.dataset[epoch * len(self.dataset) + index if self.fresh_per_epoch else index]
@@ -84,7 +87,7 @@ class EpochIndexed(Dataset):
 class TrainData:
     loader: object  # iterable of Batch
     steps_per_epoch: int
-    exact_resume: bool  # False for webdataset streams (see euclip.data.wds)
+    exact_resume: bool  # webdataset: exact for unchanged shards, batch size, workers and processes
     num_samples: int
 
 
@@ -98,17 +101,20 @@ def build_train_data(cfg: TrainConfig, tokenizer, image_size: int, dist_info: Di
 
         if not cfg.train_num_samples:
             raise ValueError("--train-num-samples is required with --dataset-type webdataset (it defines an epoch)")
-        global_batch = cfg.batch_size * dist_info.world_size
-        steps_per_epoch = max(1, cfg.train_num_samples // global_batch)
-        loader = _wds_stream(cfg, image_transform(image_size, train=True), tokenizer, dist_info, start_step,
-                             steps_per_epoch, make_wds_loader)
-        return TrainData(loader, steps_per_epoch, False, cfg.train_num_samples)
+        loader = make_wds_loader(cfg.train_data, image_transform(image_size, train=True), tokenizer, cfg.batch_size,
+                                 num_workers=cfg.workers, num_samples=cfg.train_num_samples,
+                                 resampled=cfg.dataset_resampled, seed=cfg.seed, rank=dist_info.rank,
+                                 world_size=dist_info.world_size, pin_memory=pin_memory)
+        steps_per_epoch = loader.num_batches
+        return TrainData(_wds_stream(loader, start_step, steps_per_epoch), steps_per_epoch, True,
+                         cfg.train_num_samples)
 
     if cfg.dataset_type == "synthetic":
         from euclip.data.synthetic import SyntheticShapes
 
         dataset = SyntheticShapes("train", size=cfg.train_num_samples or 50_000, seed=cfg.seed, image_size=image_size)
-        wrapped = EpochIndexed(dataset, cfg.seed, fresh_per_epoch=True)
+        # Synthetic samples are pure functions of their index: no transform randomness to seed.
+        wrapped = EpochIndexed(dataset, cfg.seed, fresh_per_epoch=True, random_transform=False)
     else:
         from euclip.data.csv import CsvDataset
         from euclip.data.transforms import image_transform
@@ -123,19 +129,16 @@ def build_train_data(cfg: TrainConfig, tokenizer, image_size: int, dist_info: Di
     return TrainData(loader, sampler.steps_per_epoch, True, len(dataset))
 
 
-def _wds_stream(cfg, transform, tokenizer, dist_info, start_step, steps_per_epoch, make_wds_loader):
-    """Chain webdataset epochs, skipping the batches before ``start_step`` within its epoch (approximate resume)."""
+def _wds_stream(loader, start_step: int, steps_per_epoch: int):
+    """Chain webdataset epochs from ``start_step``; the loader skips the batches already trained on.
+
+    With ``--train-num-samples`` every epoch is a pure function of ``(seed, epoch)`` (see
+    :mod:`euclip.data.wds`), so resuming mid-epoch yields the same batches as an uninterrupted run,
+    as long as shards, batch size, workers and processes are unchanged.
+    """
     epoch, skip = divmod(start_step, steps_per_epoch)
     while True:
-        loader, _ = make_wds_loader(cfg.train_data, transform, tokenizer, cfg.batch_size, num_workers=cfg.workers,
-                                    num_samples=cfg.train_num_samples, resampled=cfg.dataset_resampled,
-                                    seed=cfg.seed, epoch=epoch, rank=dist_info.rank,
-                                    world_size=dist_info.world_size)
-        for i, batch in enumerate(loader):
-            if i >= steps_per_epoch:
-                break
-            if i < skip:
-                continue
-            yield batch
+        loader.set_epoch(epoch, start_batch=skip)
+        yield from loader
         skip = 0
         epoch += 1

@@ -1,0 +1,196 @@
+"""Webdataset loading on real tar shards: exact epochs, counted bad samples, rank splits, resampling, resume."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from euclip.data.batch import Batch
+from euclip.data.transforms import image_transform
+from euclip.data.wds import make_wds_loader, write_shards
+
+
+def tokenize(captions: list[str]) -> torch.Tensor:
+    """A stand-in tokenizer: the tests check the data path, not BPE."""
+    return torch.tensor([[len(c)] for c in captions], dtype=torch.long)
+
+
+def image(i: int) -> Image.Image:
+    """Random pixels (seeded by i): on a flat image every crop looks the same and augmentation goes unchecked."""
+    width, height = 24 + i % 5, 20
+    return Image.frombytes("RGB", (width, height), random.Random(i).randbytes(width * height * 3))
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def png_bytes(i: int) -> bytes:
+    buffer = io.BytesIO()
+    image(i).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Shards:
+    """Three shards: two from write_shards (6 + 6 samples), one by hand with 3 good and 2 bad samples."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        written = write_shards(((image(i), f"written {i}") for i in range(12)), str(root / "w-%03d.tar"), maxcount=6)
+        assert [Path(p).name for p in written] == ["w-000.tar", "w-001.tar"]
+        self.by_shard = {"w-000.tar": {f"written {i}" for i in range(6)},
+                         "w-001.tar": {f"written {i}" for i in range(6, 12)}}
+        with tarfile.open(root / "hand.tar", "w") as tar:
+            add(tar, "h0.png", png_bytes(100))
+            add(tar, "h0.txt", b"hand 0")
+            add(tar, "h1.jpg", b"\xff\xd8\xff not really a jpeg")  # corrupt image: skipped, counted
+            add(tar, "h1.txt", b"hand corrupt")
+            add(tar, "h2.png", png_bytes(102))  # no caption: skipped, counted
+            add(tar, "h3.webp", _webp(103))
+            add(tar, "h3.txt", b"hand 3")
+            add(tar, "h4.jpg", _jpeg(104))
+            add(tar, "h4.json", json.dumps({"caption": "hand 4", "width": 28}).encode())
+        self.by_shard["hand.tar"] = {"hand 0", "hand 3", "hand 4"}
+        self.spec = f"{root}/w-{{000..001}}.tar::{root}/hand.tar"
+        self.good = set().union(*self.by_shard.values())
+
+
+def _jpeg(i: int) -> bytes:
+    buffer = io.BytesIO()
+    image(i).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _webp(i: int) -> bytes:
+    buffer = io.BytesIO()
+    image(i).save(buffer, format="WEBP")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Shards:
+    return Shards(tmp_path_factory.mktemp("shards"))
+
+
+def run_epoch(loader: Iterable[Batch]) -> tuple[list[str], int, list[Batch]]:
+    batches = list(loader)
+    return [c for b in batches for c in b.captions], sum(b.skipped for b in batches), batches
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_one_epoch_yields_every_good_sample_once_and_counts_bad_ones(shards: Shards, num_workers: int) -> None:
+    loader = make_wds_loader(shards.spec, image_transform(16, train=True), tokenize, batch_size=4,
+                             num_workers=num_workers, shuffle_buffer=8)
+    for _ in range(2):  # a second epoch through the same (persistent) workers is complete too
+        captions, skipped, batches = run_epoch(loader)
+        assert Counter(captions) == Counter(shards.good)
+        assert skipped == 2
+        assert all(b.images.shape[1:] == (3, 16, 16) for b in batches if len(b))
+
+
+def test_ranks_read_disjoint_shards(shards: Shards) -> None:
+    seen = []
+    for rank in (0, 1):
+        loader = make_wds_loader(shards.spec, image_transform(8, train=False), tokenize, batch_size=3, rank=rank,
+                                 world_size=2, seed=5, epoch=3)
+        captions, skipped, _ = run_epoch(loader)
+        mine = set(captions)
+        assert len(captions) == len(mine)
+        # Each rank reads whole shards: its captions are a union of some shards' captions.
+        assert mine == set().union(*(c for c in shards.by_shard.values() if c & mine))
+        seen.append((mine, skipped))
+    (first, skipped0), (second, skipped1) = seen
+    assert first and second and not first & second
+    assert first | second == shards.good and skipped0 + skipped1 == 2
+
+
+def test_resampled_stream_is_endless(shards: Shards) -> None:
+    loader = make_wds_loader(shards.spec, image_transform(8, train=True), tokenize, batch_size=5, resampled=True,
+                             shuffle_buffer=4)
+    with pytest.raises(TypeError):
+        len(loader)
+    batches = list(itertools.islice(loader, 20))  # 100 raw samples from a 17-sample dataset
+    captions = Counter(c for b in batches for c in b.captions)
+    assert len(batches) == 20 and sum(captions.values()) + sum(b.skipped for b in batches) == 100
+    assert set(captions) <= shards.good and max(captions.values()) > 1
+
+
+def test_num_samples_fixes_the_epoch_length(shards: Shards) -> None:
+    loader = make_wds_loader(shards.spec, image_transform(8, train=True), tokenize, batch_size=4, num_workers=2,
+                             num_samples=30)
+    assert len(loader) == 8 and loader.num_samples == 32  # ceil(ceil(30 / 4) / 2) = 4 batches per worker
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == 8 and all(len(b) + b.skipped == 4 for b in batches)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_epochs_are_reproducible_and_resume_exactly(shards: Shards, num_workers: int) -> None:
+    def make():
+        return make_wds_loader(shards.spec, image_transform(12, train=True), tokenize, batch_size=3,
+                               num_workers=num_workers, num_samples=24, seed=7, shuffle_buffer=6)
+
+    reference = make()
+    epoch0, epoch1 = list(reference), list(reference)  # the second iteration moves on to epoch 1 by itself
+    assert [b.captions for b in epoch0] != [b.captions for b in epoch1]
+    resumed = make()
+    for start in (3, 4):  # resuming on either worker's turn
+        resumed.set_epoch(1, start_batch=start)
+        tail = list(resumed)
+        assert [b.captions for b in tail] == [b.captions for b in epoch1[start:]]
+        # Same augmentation too: the crops are seeded per sample, not by how much the RNG was used before.
+        assert all(torch.equal(a.images, b.images) for a, b in zip(tail, epoch1[start:]))
+    assert resumed.epoch == 1 and len(list(resumed)) == 8  # start_batch held for one iteration: epoch 2 is whole
+
+
+def test_samples_without_image_or_caption_text_are_counted(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "odd.tar", "w") as tar:
+        add(tar, "a.txt", b"a caption without an image")
+        add(tar, "b.png", png_bytes(1))
+        add(tar, "b.json", json.dumps({"caption": ""}).encode())  # empty caption
+        add(tar, "c.png", png_bytes(2))
+        add(tar, "c.json", json.dumps({"text": "wrong field"}).encode())
+        add(tar, "d.jpg", _jpeg(3))
+        add(tar, "d.txt", "ünïcode ✓".encode())
+    loader = make_wds_loader(str(tmp_path / "odd.tar"), image_transform(8, train=False), tokenize, batch_size=8)
+    captions, skipped, _ = run_epoch(loader)
+    assert captions == ["ünïcode ✓"] and skipped == 3
+
+
+def test_unreadable_shards_are_logged_not_fatal(shards: Shards, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "garbage.tar").write_bytes(random.Random(0).randbytes(4096))
+    garbage = str(tmp_path / "garbage.tar")
+    loader = make_wds_loader(f"{shards.spec}::{garbage}", image_transform(8, train=False), tokenize, batch_size=4)
+    captions, skipped, _ = run_epoch(loader)
+    assert Counter(captions) == Counter(shards.good) and skipped == 2 and "garbage.tar" in caplog.text
+    # A sized epoch over nothing readable ends (with an error logged) instead of rereading the shard forever.
+    loader = make_wds_loader(garbage, image_transform(8, train=False), tokenize, batch_size=4, num_samples=40)
+    assert list(loader) == [] and "no readable samples" in caplog.text
+    loader = make_wds_loader(garbage, image_transform(8, train=False), tokenize, batch_size=4, resampled=True)
+    assert list(loader) == []
+
+
+def test_missing_shard_is_named(shards: Shards) -> None:
+    spec = f"{shards.root}/w-{{000..003}}.tar"
+    with pytest.raises(FileNotFoundError, match="w-002.tar") as info:
+        make_wds_loader(spec, image_transform(8, train=False), tokenize, batch_size=2)
+    assert "w-003.tar" in str(info.value) and "w-000.tar" not in str(info.value)
+
+
+def test_start_batch_needs_a_sized_epoch(shards: Shards) -> None:
+    loader = make_wds_loader(shards.spec, image_transform(8, train=False), tokenize, batch_size=2)
+    with pytest.raises(ValueError, match="num_samples"):
+        loader.set_epoch(0, start_batch=1)
