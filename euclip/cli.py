@@ -155,6 +155,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from euclip.eval.commands import add_eval_subcommands, add_top_level_subcommands
+
     parser = argparse.ArgumentParser(
         prog="euclip", description="Contrastive language-image pre-training under Euclidean, elliptic and "
                                    "hyperbolic geometries (CLIP, EuCLIP, MERU).")
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--device", default="auto")
     z.add_argument("--output", help="JSON file to write (default RUN/eval_zeroshot_<split>.json)")
     z.set_defaults(func=cmd_eval_zeroshot)
+    add_eval_subcommands(esub)
 
     p = sub.add_parser("demo", help="train and compare clip, euclip and meru on the built-in data",
                        description="Trains the clip, euclip and meru presets on the synthetic dataset with the same "
@@ -199,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list model names")
     p.set_defaults(func=cmd_models)
+
+    add_top_level_subcommands(sub)
 
     p = sub.add_parser("bench", help="benchmarks (see euclip bench geometry --help)", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -220,6 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("euclip: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        # A diverged run (NonFiniteLossError) is one clear line too, with its own exit code; other
+        # runtime errors are bugs and keep their traceback.
+        from euclip.train.loop import NonFiniteLossError
+
+        if not isinstance(e, NonFiniteLossError):
+            raise
+        print(f"euclip: training diverged: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ random weights: nothing is downloaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import open_clip
@@ -24,7 +25,9 @@ from torch import nn
 @dataclass(frozen=True)
 class HybridVisionCfg:
     image_size: int = 32
-    stem_widths: tuple[int, ...] = (32, 64, 96)  # one conv block each; all but the first halve the resolution
+    stem_widths: tuple[int, ...] = (32, 64, 96)  # one conv block (two 3×3 convs) each
+    stem_strides: tuple[int, ...] = (1, 2, 2)  # the first conv of each block
+    pool: str = "mean"  # "mean" of the output tokens, or the class token ("cls")
     width: int = 128  # transformer width
     layers: int = 2
     heads: int = 4
@@ -41,12 +44,14 @@ MODEL_CONFIGS: dict[str, TowerConfig] = {
     # ~1.5 M parameters besides the 49k-token embedding table: the demo's model.
     "tiny": TowerConfig(
         embed_dim=128,
-        vision=HybridVisionCfg(image_size=32, stem_widths=(32, 64, 128), width=128, layers=2, heads=4),
+        vision=HybridVisionCfg(image_size=32, stem_widths=(32, 64, 128), stem_strides=(1, 2, 2), width=128, layers=2,
+                               heads=4),
         text=dict(context_length=32, width=128, heads=4, layers=2),
     ),
     "small": TowerConfig(
         embed_dim=256,
-        vision=HybridVisionCfg(image_size=64, stem_widths=(32, 64, 128, 192), width=256, layers=4, heads=4),
+        vision=HybridVisionCfg(image_size=64, stem_widths=(32, 64, 128, 192), stem_strides=(1, 2, 2, 2), width=256,
+                               layers=4, heads=4),
         text=dict(context_length=32, width=256, heads=4, layers=4),
     ),
 }
@@ -79,12 +84,13 @@ class HybridVisionTower(nn.Module):
 
     def __init__(self, cfg: HybridVisionCfg, output_dim: int):
         super().__init__()
-        widths = cfg.stem_widths
-        blocks = [ConvBlock(3, widths[0], stride=1)]
-        blocks += [ConvBlock(a, b, stride=2) for a, b in zip(widths[:-1], widths[1:])]
-        self.stem = nn.Sequential(*blocks)
-        grid = cfg.image_size // 2 ** (len(widths) - 1)
-        self.to_tokens = nn.Linear(widths[-1], cfg.width)
+        if len(cfg.stem_widths) != len(cfg.stem_strides):
+            raise ValueError("stem_widths and stem_strides must have the same length")
+        channels = (3, *cfg.stem_widths)
+        self.stem = nn.Sequential(*[ConvBlock(a, b, stride=s)
+                                    for a, b, s in zip(channels[:-1], channels[1:], cfg.stem_strides)])
+        grid = cfg.image_size // math.prod(cfg.stem_strides)
+        self.to_tokens = nn.Linear(cfg.stem_widths[-1], cfg.width)
         scale = cfg.width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(cfg.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, cfg.width))
@@ -92,6 +98,9 @@ class HybridVisionTower(nn.Module):
         self.ln_post = LayerNorm(cfg.width)
         self.proj = nn.Parameter(scale * torch.randn(cfg.width, output_dim))
         self.image_size = cfg.image_size
+        if cfg.pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {cfg.pool!r}")
+        self.pool = cfg.pool
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
@@ -102,7 +111,10 @@ class HybridVisionTower(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(x)
-        return self.ln_post(x[:, 0]) @ self.proj
+        # Mean pooling gives every conv feature a direct gradient path: on the synthetic shapes it
+        # leaves the initial plateau far sooner than a class token.
+        pooled = x[:, 1:].mean(1) if self.pool == "mean" else x[:, 0]
+        return self.ln_post(pooled) @ self.proj
 
 
 def build_towers(name: str, image_size: int | None = None) -> tuple[nn.Module, int, int, int]:

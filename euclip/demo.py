@@ -86,6 +86,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run_demo(output: str = "runs/demo", quick: bool = False, budget_seconds: float | None = None,
              steps: int | None = None, presets: list[str] | None = None, progress: bool = True) -> list[dict]:
+    from euclip.eval.commands import full_evaluation
+    from euclip.eval.report import write_report
     from euclip.train.config import resolve_config
     from euclip.train.loop import train
     from euclip.train.runs import evaluate_run
@@ -102,6 +104,7 @@ def run_demo(output: str = "runs/demo", quick: bool = False, budget_seconds: flo
               f"{'on' if cfg.model.final_ln else 'off'}, entailment {cfg.entailment_weight:g}, {steps} steps × {batch}")
         summary = train(cfg)
         summary.update(evaluate_run(cfg.output, progress=progress))
+        full_evaluation(cfg.output, num_samples=512 if quick else 1000, progress=progress)
         rows.append({"preset": preset, "geometry": cfg.model.geometry, "logit": cfg.model.logit,
                      "final_ln": cfg.model.final_ln, "entailment_weight": cfg.entailment_weight, **summary})
         norms[preset] = embedding_norms(Path(cfg.output))
@@ -112,8 +115,9 @@ def run_demo(output: str = "runs/demo", quick: bool = False, budget_seconds: flo
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot_norms(norms, out / "norms.png")
+    write_report([out / r["preset"] for r in rows], out / "report")
     print()
     print(table)
     print(f"total {time.perf_counter() - start:.0f} s. Results: {out / 'results.md'}, {out / 'results.json'}; "
-          f"figure: {out / 'norms.png'}; runs: {', '.join(str(out / r['preset']) for r in rows)}")
+          f"figure: {out / 'norms.png'}; report: {out / 'report' / 'index.html'}; runs: {', '.join(str(out / r['preset']) for r in rows)}")
     return rows
