@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "budget, evaluates each and writes a results table, figures and a report.")
     p.add_argument("--output", default="runs/demo", help="demo folder")
     p.add_argument("--quick", action="store_true", help="a smaller version that runs in about a minute")
-    p.add_argument("--steps", type=int, help="training steps per model (default: 600, --quick: 60)")
+    p.add_argument("--steps", type=int, help="training steps per model (default: 450, --quick: 60)")
     p.add_argument("--budget-seconds", type=float, help="stop each model's training after this many seconds")
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--no-progress", action="store_true")

@@ -44,7 +44,7 @@ MODEL_CONFIGS: dict[str, TowerConfig] = {
     # ~1.5 M parameters besides the 49k-token embedding table: the demo's model.
     "tiny": TowerConfig(
         embed_dim=128,
-        vision=HybridVisionCfg(image_size=32, stem_widths=(32, 64, 128), stem_strides=(1, 2, 2), width=128, layers=2,
+        vision=HybridVisionCfg(image_size=32, stem_widths=(16, 32, 64), stem_strides=(1, 2, 2), width=128, layers=2,
                                heads=4),
         text=dict(context_length=32, width=128, heads=4, layers=2),
     ),

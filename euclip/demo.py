@@ -19,7 +19,7 @@ from euclip import geometry as geom
 from euclip.presets import PRESETS
 
 # Measured on a 2-core CPU (see README): full demo ≈ 8 minutes; --quick ≈ 1 minute.
-DEMO_STEPS, QUICK_STEPS = 600, 60
+DEMO_STEPS, QUICK_STEPS = 450, 60
 DEMO_BATCH, QUICK_BATCH = 128, 64
 
 
@@ -73,13 +73,14 @@ def plot_norms(norms: dict[str, dict], path: Path) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | geometry | logit | final LN | entailment | zero-shot top-1 (seen) | zero-shot top-1 (held-out "
-            "combos) | final loss | train s | samples/s |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| model | geometry | logit | final LN | entailment | shape zero-shot top-1 (seen) | shape zero-shot top-1 "
+            "(held-out combos) | colour zero-shot top-1 | final loss | train s | samples/s |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['geometry']} | {r['logit']} | {'yes' if r['final_ln'] else 'no'} | "
                      f"{r['entailment_weight']:g} | {100 * r['zeroshot_test_top1']:.1f} % | "
-                     f"{100 * r['zeroshot_heldout_top1']:.1f} % | {r['final_loss']:.3f} | {r['train_seconds']:.0f} | "
+                     f"{100 * r['zeroshot_heldout_top1']:.1f} % | {100 * r['zeroshot_color_test_top1']:.1f} % | "
+                     f"{r['final_loss']:.3f} | {r['train_seconds']:.0f} | "
                      f"{r['samples_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
 

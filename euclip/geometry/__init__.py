@@ -153,21 +153,10 @@ def pairwise_logits(x: torch.Tensor, y: torch.Tensor, geometry: str, logit: str,
     check_geometry(geometry)
     check_logit(logit)
     if geometry == "euclidean":
-        if logit == "inner":
-            return euclidean.inner(x, y)
-        if logit == "squared":
-            return -euclidean.squared_distance(x, y)
-        return -euclidean.distance(x, y)
+        return euclidean.logits(x, y, logit)
     if geometry == "elliptic":
-        if logit == "inner":
-            return elliptic.inner(x, y)
-        d = elliptic.distance(x, y)
-        return -d.square() if logit == "squared" else -d
-    c = as_curvature(curvature, x)
-    if logit == "inner":
-        return hyperbolic.lorentz_inner(x, y, c)
-    d = hyperbolic.distance(x, y, c)
-    return -d.square() if logit == "squared" else -d
+        return elliptic.logits(x, y, logit)
+    return hyperbolic.logits(x, y, logit, as_curvature(curvature, x))
 
 
 def _check_cone_geometry(geometry: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,27 @@ import torch
 LATEST = "latest.pt"
 
 
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
 def atomic_save(obj: object, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync it, then rename over ``path``.
 
     ``os.replace`` is atomic on POSIX: a reader sees the old file or the new one, never a torn one.
+    If serialising or writing fails, the temporary file is removed and ``path`` is untouched; a
+    process killed mid-write leaves its temporary file behind (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -27,11 +42,35 @@ def atomic_save(obj: object, path: str | Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _atomic_link(source: Path, path: Path) -> None:
+    """Make ``path`` an atomic copy of ``source``: a hard link (free) where the file system allows, else a copy."""
+    tmp = _tmp_path(path)
+    tmp.unlink(missing_ok=True)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FUSE file systems)
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
     finally:
-        os.close(dir_fd)
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(checkpoint_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed mid-write; returns what it deleted.
+
+    Call only while no other process writes into ``checkpoint_dir`` (the trainer does, at start-up).
+    """
+    stale = sorted(Path(checkpoint_dir).glob(".*.tmp-*")) if Path(checkpoint_dir).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def rng_state() -> dict:
@@ -50,12 +89,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(checkpoint_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write ``step_XXXXXXXX.pt`` and ``latest.pt`` atomically; keep the newest ``keep`` step files."""
+    """Write ``step_XXXXXXXX.pt`` and ``latest.pt`` atomically; keep the newest ``keep`` step files.
+
+    ``latest.pt`` is a hard link to (or a copy of) the step file, so the state is serialised once.
+    """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_dir / f"step_{step:08d}.pt"
     atomic_save(state, path)
-    atomic_save(state, checkpoint_dir / LATEST)
-    for old in sorted(checkpoint_dir.glob("step_*.pt"))[:-keep]:
+    _atomic_link(path, checkpoint_dir / LATEST)
+    for old in sorted(checkpoint_dir.glob("step_*.pt"))[:-max(keep, 1)]:
         old.unlink(missing_ok=True)
     return path
 

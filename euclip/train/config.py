@@ -10,8 +10,10 @@ from euclip import geometry as geom
 from euclip.configs import check_model
 from euclip.model import ModelConfig
 from euclip.presets import PRESETS, check_preset, default_init_logit_scale
+from euclip.train.distributed import env_world_size
 
 DATASET_TYPES = ("synthetic", "csv", "webdataset")
+SYNTHETIC_EPOCH = 50_000  # synthetic samples per epoch without --train-num-samples
 PRECISIONS = ("fp32", "amp_bf16", "amp", "pure_bf16")
 
 
@@ -29,6 +31,7 @@ class TrainConfig:
     csv_caption_key: str = "caption"
     csv_separator: str = "\t"
     train_num_samples: int | None = None  # webdataset: samples per epoch; synthetic: epoch length
+    synthetic_render_size: int | None = None  # render synthetic images this big, resize on the device (GPU runs)
     dataset_resampled: bool = False
     workers: int = 2
     batch_size: int = 128  # per process
@@ -67,7 +70,14 @@ class TrainConfig:
     resume: str | None = None
     progress: bool = True
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, world_size: int | None = None) -> "TrainConfig":
+        """Check every option before any work is done; errors name the option and the valid choices.
+
+        Args:
+            world_size: the number of processes the run will have; default: ``WORLD_SIZE`` (torchrun sets
+                it). Some combinations (``--local-loss`` without ``--gather-with-grad``) are only wrong with several.
+        """
+        world_size = env_world_size() if world_size is None else world_size
         if self.dataset_type not in DATASET_TYPES:
             raise ValueError(f"unknown dataset type {self.dataset_type!r}; valid types: {', '.join(DATASET_TYPES)}")
         if self.precision not in PRECISIONS:
@@ -75,13 +85,42 @@ class TrainConfig:
         if self.dataset_type != "synthetic":
             if not self.train_data:
                 raise ValueError(f"--train-data is required with --dataset-type {self.dataset_type}")
-            if self.dataset_type == "csv" and not Path(self.train_data).exists():
+            if self.dataset_type == "csv" and not Path(self.train_data).is_file():
                 raise FileNotFoundError(f"--train-data: no such file: {self.train_data}")
-        for name in ("batch_size", "accum_freq", "save_every_steps", "log_every_steps"):
+            if self.dataset_type == "webdataset":
+                from euclip.data.wds import expand_shards
+
+                expand_shards(self.train_data)  # names missing local shards (FileNotFoundError)
+                if not self.train_num_samples:
+                    raise ValueError("--train-num-samples is required with --dataset-type webdataset (it defines "
+                                     "an epoch)")
+        for name in ("batch_size", "accum_freq", "save_every_steps", "log_every_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "nonfinite_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.train_num_samples is not None and self.train_num_samples < 1:
+            raise ValueError(f"--train-num-samples must be >= 1, got {self.train_num_samples}")
+        if self.synthetic_render_size is not None and self.synthetic_render_size < 8:
+            raise ValueError(f"synthetic_render_size must be >= 8, got {self.synthetic_render_size}")
         if self.steps is None and self.epochs is None:
             raise ValueError("give --steps or --epochs")
+        if self.steps is not None and self.steps < 1 or self.epochs is not None and self.epochs < 1:
+            raise ValueError("--steps and --epochs must be >= 1")
+        if self.dataset_type == "synthetic":
+            size = self.train_num_samples or SYNTHETIC_EPOCH
+            global_batch = self.batch_size * world_size * self.accum_freq
+            if global_batch > size:
+                raise ValueError(f"the global batch ({self.batch_size} per process × {world_size} process(es) × "
+                                 f"{self.accum_freq} accumulated = {global_batch}) is larger than the synthetic "
+                                 f"epoch (--train-num-samples {size})")
+        if world_size > 1 and self.local_loss and not self.gather_with_grad:
+            # Each process's loss uses the other processes' features as negatives; without a differentiable
+            # gather the gradients of those terms are lost (OpenCLIP allows it; the result is not the
+            # gradient of the global loss). Non-local loss without the gather is made exact in the loss.
+            raise ValueError("--local-loss needs --gather-with-grad with several processes: without it the "
+                             "gradient misses the terms of the other processes' rows (use both, or neither)")
         if self.entailment_weight < 0:
             raise ValueError(f"--entailment-weight must be >= 0, got {self.entailment_weight}")
         if self.entailment_weight > 0 and self.model.geometry not in geom.CONE_GEOMETRIES:

@@ -4,7 +4,9 @@ For the synthetic and CSV datasets the order of samples is a pure function of ``
 and random augmentations are seeded by ``(seed, epoch, index)``: a checkpoint only needs the step
 to resume at exactly the next sample, with the same augmentations, whatever the number of
 workers. Every process takes its own slice of each *global* batch, so ``W`` processes with batch
-``B`` see exactly what one process with batch ``W·B`` sees.
+``B`` see exactly what one process with batch ``W·B`` sees; with gradient accumulation over ``A``
+micro-batches, an optimizer step's global batch is ``A·W·B`` consecutive samples of the permutation,
+so ``--accum-freq A --batch-size B`` sees exactly what ``--batch-size A·B`` sees.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from euclip.data.batch import Collate
-from euclip.train.config import TrainConfig
+from euclip.train.config import SYNTHETIC_EPOCH, TrainConfig
 from euclip.train.distributed import DistInfo
 
 
@@ -27,21 +29,29 @@ def mix_seed(*parts: int) -> int:
 
 
 class GlobalBatchSampler(Sampler):
-    """Yields this process's batches of ``(epoch, index)`` pairs, from a given step onwards, forever.
+    """Yields this process's micro-batches of ``(epoch, index)`` pairs, from a given optimizer step onwards, forever.
 
-    Epoch ``e`` is a permutation of ``range(num_samples)`` seeded by ``(seed, e)``, cut into global
-    batches of ``batch_size · world_size`` (the remainder is dropped); process ``r`` takes slice
-    ``[r·B, (r+1)·B)`` of each.
+    Epoch ``e`` is a permutation of ``range(num_samples)`` seeded by ``(seed, e)``, cut into the global
+    batches of the optimizer steps, ``G = accum_freq · world_size · batch_size`` samples each (the
+    remainder is dropped). Step ``s``'s global batch is cut into ``accum_freq`` micro-batches of
+    ``world_size · batch_size`` consecutive samples, and process ``r`` takes slice ``[r·B, (r+1)·B)``
+    of each. The union over processes and micro-batches of a step is the same whatever ``W`` and
+    ``accum_freq`` are, as long as ``G`` is: that is what makes distributed and accumulated runs equal
+    one process with one big batch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, dist_info: DistInfo, start_step: int = 0):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, dist_info: DistInfo, start_step: int = 0,
+                 accum_freq: int = 1):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world = dist_info.rank, dist_info.world_size
-        self.global_batch = batch_size * self.world
+        self.rank, self.world, self.accum_freq = dist_info.rank, dist_info.world_size, accum_freq
+        self.micro_batch = batch_size * self.world  # one micro-batch over all processes
+        self.global_batch = self.micro_batch * accum_freq  # one optimizer step over all processes
         self.steps_per_epoch = num_samples // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the global batch ({batch_size} per process × {self.world} processes = "
-                             f"{self.global_batch}) is larger than the dataset ({num_samples} samples)")
+            accum = f" × {accum_freq} accumulated micro-batches" if accum_freq > 1 else ""
+            raise ValueError(f"the global batch ({batch_size} per process × {self.world} process(es){accum} = "
+                             f"{self.global_batch} samples) is larger than the dataset ({num_samples} samples); "
+                             "lower --batch-size or --accum-freq, or use more data")
         self.start_step = start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -50,13 +60,14 @@ class GlobalBatchSampler(Sampler):
             epoch, within = divmod(step, self.steps_per_epoch)
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             order = torch.randperm(self.num_samples, generator=g).tolist()
-            for b in range(within, self.steps_per_epoch):
-                start = b * self.global_batch + self.rank * self.batch_size
-                yield [(epoch, i) for i in order[start:start + self.batch_size]]
+            for s in range(within, self.steps_per_epoch):
+                for m in range(self.accum_freq):
+                    start = s * self.global_batch + m * self.micro_batch + self.rank * self.batch_size
+                    yield [(epoch, i) for i in order[start:start + self.batch_size]]
             step = (epoch + 1) * self.steps_per_epoch
 
-    def __len__(self) -> int:  # DataLoader asks; the stream is infinite, so report one epoch
-        return self.steps_per_epoch
+    def __len__(self) -> int:  # DataLoader asks; the stream is infinite, so report one epoch of micro-batches
+        return self.steps_per_epoch * self.accum_freq
 
 
 class EpochIndexed(Dataset):
@@ -85,34 +96,44 @@ class EpochIndexed(Dataset):
 
 @dataclass
 class TrainData:
-    loader: object  # iterable of Batch
-    steps_per_epoch: int
+    loader: object  # iterable of Batch: accum_freq micro-batches per optimizer step, from the start step on
+    steps_per_epoch: int  # optimizer steps
     exact_resume: bool  # webdataset: exact for unchanged shards, batch size, workers and processes
     num_samples: int
 
 
 def build_train_data(cfg: TrainConfig, tokenizer, image_size: int, dist_info: DistInfo, start_step: int,
                      pin_memory: bool = False) -> TrainData:
-    """The training stream for ``cfg.dataset_type``, positioned at ``start_step``."""
+    """The training stream for ``cfg.dataset_type``, positioned at optimizer step ``start_step``.
+
+    Synthetic images are rendered at ``cfg.synthetic_render_size`` when given (the trainer resizes
+    them to ``image_size`` on the device: rendering large images is the CPU bottleneck of GPU runs).
+    """
     collate = Collate(tokenizer)
+    accum = cfg.accum_freq
     if cfg.dataset_type == "webdataset":
         from euclip.data.transforms import image_transform
         from euclip.data.wds import make_wds_loader
 
         if not cfg.train_num_samples:
             raise ValueError("--train-num-samples is required with --dataset-type webdataset (it defines an epoch)")
+        # Round the epoch up (as OpenCLIP does, to whole batches per worker) also to whole optimizer steps,
+        # so that an accumulated step never straddles two epochs and resuming maps steps to batches exactly.
+        unit = cfg.batch_size * dist_info.world_size * max(cfg.workers, 1) * accum
+        num_samples = -(-cfg.train_num_samples // unit) * unit
         loader = make_wds_loader(cfg.train_data, image_transform(image_size, train=True), tokenizer, cfg.batch_size,
-                                 num_workers=cfg.workers, num_samples=cfg.train_num_samples,
+                                 num_workers=cfg.workers, num_samples=num_samples,
                                  resampled=cfg.dataset_resampled, seed=cfg.seed, rank=dist_info.rank,
                                  world_size=dist_info.world_size, pin_memory=pin_memory)
-        steps_per_epoch = loader.num_batches
-        return TrainData(_wds_stream(loader, start_step, steps_per_epoch), steps_per_epoch, True,
-                         cfg.train_num_samples)
+        steps_per_epoch = loader.num_batches // accum
+        return TrainData(_wds_stream(loader, start_step * accum, loader.num_batches), steps_per_epoch, True,
+                         num_samples)
 
     if cfg.dataset_type == "synthetic":
         from euclip.data.synthetic import SyntheticShapes
 
-        dataset = SyntheticShapes("train", size=cfg.train_num_samples or 50_000, seed=cfg.seed, image_size=image_size)
+        dataset = SyntheticShapes("train", size=cfg.train_num_samples or SYNTHETIC_EPOCH, seed=cfg.seed,
+                                  image_size=cfg.synthetic_render_size or image_size)
         # Synthetic samples are pure functions of their index: no transform randomness to seed.
         wrapped = EpochIndexed(dataset, cfg.seed, fresh_per_epoch=True, random_transform=False)
     else:
@@ -122,21 +143,21 @@ def build_train_data(cfg: TrainConfig, tokenizer, image_size: int, dist_info: Di
         dataset = CsvDataset(cfg.train_data, image_transform(image_size, train=True), img_key=cfg.csv_img_key,
                              caption_key=cfg.csv_caption_key, sep=cfg.csv_separator)
         wrapped = EpochIndexed(dataset, cfg.seed)
-    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, dist_info, start_step)
+    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, dist_info, start_step, accum)
     loader = DataLoader(wrapped, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0, pin_memory=pin_memory,
                         prefetch_factor=4 if cfg.workers > 0 else None)
     return TrainData(loader, sampler.steps_per_epoch, True, len(dataset))
 
 
-def _wds_stream(loader, start_step: int, steps_per_epoch: int):
-    """Chain webdataset epochs from ``start_step``; the loader skips the batches already trained on.
+def _wds_stream(loader, start_batch: int, batches_per_epoch: int):
+    """Chain webdataset epochs from micro-batch ``start_batch``; the loader skips the batches already trained on.
 
     With ``--train-num-samples`` every epoch is a pure function of ``(seed, epoch)`` (see
     :mod:`euclip.data.wds`), so resuming mid-epoch yields the same batches as an uninterrupted run,
     as long as shards, batch size, workers and processes are unchanged.
     """
-    epoch, skip = divmod(start_step, steps_per_epoch)
+    epoch, skip = divmod(start_batch, batches_per_epoch)
     while True:
         loader.set_epoch(epoch, start_batch=skip)
         yield from loader

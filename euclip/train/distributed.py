@@ -24,9 +24,22 @@ class DistInfo:
         return self.world_size > 1
 
 
+def env_world_size() -> int:
+    """The number of processes ``torchrun`` started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 under it (for work done once, such as evaluation)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1).
+
+    A process group that already exists (initialised by the caller) is used as it is.
+    """
+    world_size = env_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
@@ -46,9 +59,10 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item()
+def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` tensor from every process -> ``(W, K)``, rank order (``(1, K)`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values[None]
+    out = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, values.contiguous())
+    return torch.stack(out)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from euclip.eval.zeroshot import class_prototypes, evaluate_zeroshot
 from euclip.model import load_model
+from euclip.train.distributed import is_main_process
 
 
 def default_output(options: dict) -> str:
@@ -22,16 +23,18 @@ def _device(name: str = "auto") -> torch.device:
 
 
 def synthetic_zeroshot(model, split: str, num_samples: int, device: torch.device, batch_size: int = 256,
-                       workers: int = 0, progress: bool = True, seed: int = 0) -> dict:
-    """Zero-shot shape classification on a synthetic split with the synthetic prompt templates."""
-    from euclip.data.synthetic import SHAPES, TEMPLATES, SyntheticShapes
+                       workers: int = 0, progress: bool = True, seed: int = 0, classes: str = "shapes") -> dict:
+    """Zero-shot classification of a synthetic split's shapes (or colours) with the synthetic prompt templates."""
+    from euclip.data.synthetic import COLORS, SHAPES, TEMPLATES, SyntheticShapes
 
+    if classes not in ("shapes", "colors"):
+        raise ValueError(f"classes must be 'shapes' or 'colors', got {classes!r}")
     dataset = SyntheticShapes(split, size=num_samples, seed=seed, image_size=model.image_size)
-    labels = dataset.labels()
+    names, labels = (SHAPES, dataset.labels()) if classes == "shapes" else (COLORS, dataset.color_labels())
     loader = DataLoader(_Labelled(dataset, labels), batch_size=batch_size, num_workers=workers)
-    prototypes = class_prototypes(model, SHAPES, TEMPLATES, model.tokenizer(), device)
-    results = evaluate_zeroshot(model, loader, prototypes, SHAPES, device, progress=progress, total=len(loader))
-    results.update(dataset="synthetic", split=split, classes="shapes")
+    prototypes = class_prototypes(model, names, TEMPLATES, model.tokenizer(), device)
+    results = evaluate_zeroshot(model, loader, prototypes, names, device, progress=progress, total=len(loader))
+    results.update(dataset="synthetic", split=split, classes=classes)
     return results
 
 
@@ -49,8 +52,11 @@ class _Labelled(torch.utils.data.Dataset):
 def evaluate_run(run_dir: str, progress: bool = True, num_samples: int | None = None) -> dict:
     """Zero-shot shape accuracy of a synthetic-data run on the test split and the held-out combinations.
 
-    Writes ``RUN/results.json`` and returns ``{"zeroshot_test_top1", "zeroshot_heldout_top1", ...}``.
+    Writes ``RUN/results.json`` and returns ``{"zeroshot_test_top1", "zeroshot_heldout_top1", ...}``; returns
+    ``{}`` on the non-main processes of a ``torchrun`` job.
     """
+    if not is_main_process():
+        return {}  # under torchrun the CLI calls this on every rank; rank 0 alone evaluates and writes
     run = Path(run_dir)
     config = json.loads((run / "config.json").read_text())
     if config.get("dataset_type") != "synthetic":
@@ -64,6 +70,9 @@ def evaluate_run(run_dir: str, progress: bool = True, num_samples: int | None = 
         (run / f"eval_zeroshot_{split}.json").write_text(json.dumps(_public(r), indent=2) + "\n")
         out[f"zeroshot_{split}_top1"] = r["top1"]
         out[f"zeroshot_{split}_top5"] = r["top5"]
+    # Colours are learned long before shapes: their accuracy shows whether a short run learned anything.
+    out["zeroshot_color_test_top1"] = synthetic_zeroshot(model, "test", n, device, progress=progress,
+                                                         classes="colors")["top1"]
     (run / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
 
