@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
-        # Bad input: one clear line, no traceback from deep inside the library.
+        # Bad input: one clear line, no traceback from deep inside the library (--verbose keeps it).
+        if args.verbose:
+            raise
         print(f"euclip: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -99,10 +99,7 @@ class GeometricCLIP(nn.Module):
 
     def to_manifold(self, features: torch.Tensor, tower: str) -> torch.Tensor:
         """Map a tower's ``(B, D)`` outputs onto the manifold (MERU's α scaling first for hyperbolic)."""
-        if self.geometry == "hyperbolic":
-            log_alpha = self.log_alpha_image if tower == "image" else self.log_alpha_text
-            features = features.float() * log_alpha.exp()
-        return geom.project(features, self.geometry, self.curvature)
+        return geom.project(self.tangent_features(features, tower), self.geometry, self.curvature)
 
     def tangent_features(self, features: torch.Tensor, tower: str) -> torch.Tensor:
         """The scaled tower outputs ``α f`` before the exponential map (hyperbolic), else the plain outputs.

@@ -153,9 +153,6 @@ class TrainConfig:
 
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
-GEOMETRY_FLAGS = ("geometry", "logit", "final_ln", "entailment_weight", "min_radius", "init_logit_scale", "curvature",
-                  "learn_curvature")
-
 
 def resolve_config(explicit: dict) -> TrainConfig:
     """Build a TrainConfig from explicitly given options (``None`` = not given), a preset and defaults.
