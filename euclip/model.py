@@ -168,6 +168,13 @@ def remove_final_layernorms(towers: nn.Module, model_name: str) -> None:
     text.ln_final = nn.Identity()
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU; any other name as ``torch.device`` reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_model(path: str, device: str | torch.device = "cpu") -> GeometricCLIP:
     """Load a trained GeometricCLIP from a checkpoint file or a run directory (its latest checkpoint)."""
     from pathlib import Path

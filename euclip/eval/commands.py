@@ -24,6 +24,7 @@ from euclip.eval.diagnostics import geometry_diagnostics
 from euclip.eval.embed import DATASET_TYPES, DataSpec, Embeddings, curvature_of, embed
 from euclip.eval.retrieval import retrieval_from_embeddings
 from euclip.eval.traverse import format_walk, run_traversal
+from euclip.model import resolve_device
 
 __all__ = [
     "add_eval_subcommands",
@@ -61,12 +62,6 @@ def min_radius_of(run: str | Path, default: float = 0.1) -> float:
     """The entailment cones' ``K`` a run ended training with (``min_radius_final`` if scheduled), else ``default``."""
     config = _run_config(run_dir_of(run))
     return float(config.get("min_radius_final") or config.get("min_radius") or default)
-
-
-def _device(name: str) -> torch.device:
-    from euclip.train.runs import _device as resolve
-
-    return resolve(name)
 
 
 def _load(path: str | Path, device: torch.device):
@@ -246,7 +241,7 @@ def full_evaluation(run_dir: str | Path, num_samples: int = 512, progress: bool 
         ``{"model", "data", "settings", "retrieval", "hierarchy", "geometry", "traversal", "seconds"}``.
     """
     start = time.perf_counter()
-    dev = _device(device)
+    dev = resolve_device(device)
     model = _load(run_dir, dev)
     spec = DataSpec("synthetic", split=split, num_samples=num_samples, seed=seed, batch_size=batch_size)
     emb = embed(model, spec, dev, progress, desc=f"eval {Path(run_dir).name}: embed")
@@ -282,7 +277,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from euclip.eval.retrieval import evaluate_retrieval
 
     spec = _spec_from_args(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load(args.run, device)
     results = evaluate_retrieval(model, spec, device, ks=tuple(args.ks), chunk=args.chunk, progress=args.progress)
     results["model"] = _model_record(args.run, model)
@@ -297,7 +292,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_hierarchy(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load(args.run, device)
     if args.data is None:
         n = args.num_samples or DEFAULT_SYNTHETIC_SAMPLES
@@ -325,7 +320,7 @@ def cmd_eval_geometry(args: argparse.Namespace) -> int:
     from euclip.eval.diagnostics import evaluate_geometry
 
     spec = _spec_from_args(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load(args.run, device)
     min_radius = args.min_radius if args.min_radius is not None else min_radius_of(args.run)
     results = evaluate_geometry(model, spec, device, min_radius, progress=args.progress)
@@ -360,7 +355,7 @@ def _geometry_summary(g: dict) -> str:
 
 
 def cmd_traverse(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load(args.run, device)
     results = run_traversal(model, args.num_images, args.steps, args.split, args.seed, device, args.examples,
                             args.batch_size, args.progress)

@@ -9,17 +9,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from euclip.eval.zeroshot import class_prototypes, evaluate_zeroshot
-from euclip.model import load_model
+from euclip.model import load_model, resolve_device
 from euclip.train.distributed import is_main_process
 
 
 def default_output(options: dict) -> str:
     name = options.get("preset") or options.get("geometry") or "euclip"
     return f"runs/{name}"
-
-
-def _device(name: str = "auto") -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
 def synthetic_zeroshot(model, split: str, num_samples: int, device: torch.device, batch_size: int = 256,
@@ -61,7 +57,7 @@ def evaluate_run(run_dir: str, progress: bool = True, num_samples: int | None = 
     config = json.loads((run / "config.json").read_text())
     if config.get("dataset_type") != "synthetic":
         return {}
-    device = _device()
+    device = resolve_device()
     model = load_model(run, device)
     n = num_samples or config.get("zeroshot_samples", 2000)
     out = {}
@@ -83,7 +79,7 @@ def _public(results: dict) -> dict:
 
 def zeroshot_command(args) -> dict:
     """``euclip eval zeroshot``: the synthetic split, or an image folder with class names and templates."""
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args.run, device)
     run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent.parent
     if args.data is None:
