@@ -64,6 +64,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--csv-separator", help="column separator (default tab)")
     d.add_argument("--train-num-samples", type=int,
                    help="samples per epoch (webdataset: required; synthetic: default 50000)")
+    d.add_argument("--synthetic-render-size", type=int,
+                   help="synthetic: render images this many pixels wide and resize them to the model's size on the "
+                        "device (a 224 px ViT on a GPU: render at 32-64 px, the CPU workers cannot draw 224 px "
+                        "fast enough)")
     d.add_argument("--dataset-resampled", action="store_true", default=None,
                    help="webdataset: sample shards with replacement (infinite stream)")
     d.add_argument("--workers", type=int, help="data-loading worker processes per training process (default 2)")
@@ -109,6 +113,7 @@ def _train_options(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from euclip.train.config import resolve_config
+    from euclip.train.distributed import is_main_process
     from euclip.train.loop import train
     from euclip.train.runs import default_output, evaluate_run
 
@@ -121,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg)
     if not args.no_eval:
         summary.update(evaluate_run(cfg.output, progress=cfg.progress))
-    print(json.dumps(summary, indent=2))
+    if is_main_process():  # under torchrun every rank runs this; one summary is enough
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -22,7 +22,9 @@ What an epoch is
   worker yields ``worker_batches = ceil(ceil(N / (batch_size * world_size)) / num_workers)`` full batches
   (its shards are reread in a fresh order if it runs out), so every rank yields
   ``num_batches = worker_batches * max(num_workers, 1)`` batches, ``num_batches * batch_size >= N / world_size``
-  raw samples. Requires at least ``world_size * max(num_workers, 1)`` shards unless ``resampled``.
+  raw samples. Each pass over a worker's shards is shuffled on its own (the buffer never mixes two passes), so
+  with ``N`` equal to the number of samples in the shards (a whole number of batches per worker) an epoch holds
+  every sample exactly once. Requires at least ``world_size * max(num_workers, 1)`` shards unless ``resampled``.
 * ``resampled=True``: every worker draws shards with replacement (``webdataset.ResampledShards``, seeded per
   ``(seed, epoch, rank, worker)``); with ``num_samples`` the epoch is sized as above, without it the stream
   never ends.
@@ -255,10 +257,10 @@ class _WdsStream(IterableDataset):
         ctx = self.context()
         plan = self.plan
         progress = [0]  # raw samples read; lets the shard source stop if its shards yield nothing at all
+        samples = itertools.chain.from_iterable(self._shuffled(shards, ctx, pass_, progress)
+                                                for pass_, shards in enumerate(self._passes(ctx, progress)))
         pipeline = wds.DataPipeline(
-            lambda: self._shards(ctx, progress),
-            _tar_samples,
-            lambda samples: self._order(samples, ctx, progress),
+            lambda: self._positioned(samples, ctx),
             lambda samples: (self.decoder(sample, seed) for sample, seed in samples),
             # Nones stay in the batch: Collate drops and counts them, which carries the count to the main process.
             wds.batched(plan.batch_size, collation_fn=self.collate, partial=plan.worker_batches is None),
@@ -266,24 +268,11 @@ class _WdsStream(IterableDataset):
         batches = iter(pipeline)
         return batches if ctx.take_batches is None else islice(batches, ctx.take_batches)
 
-    def _shards(self, ctx: _Context, progress: list[int]) -> Iterator[dict]:
+    def _passes(self, ctx: _Context, progress: list[int]) -> Iterator[Iterable[dict]]:
+        """This worker's shards, one iterable per pass over them (a resampled stream is one endless pass)."""
         plan = self.plan
         if plan.resampled:
-            # ResampledShards seeds itself with make_seed(worker_seed(), epoch, seed); its own epoch counter
-            # counts iterations of this object, so it is pinned to the shared epoch for reproducibility.
-            shards = wds.ResampledShards(list(plan.shards), seed=plan.seed, deterministic=True,
-                                         worker_seed=lambda: _seed(plan.rank, ctx.role) & 0x7FFF_FFFF)
-            shards.epoch = ctx.epoch - 1  # __iter__ increments it first
-            last, idle = progress[0], 0
-            for shard in shards:
-                yield shard
-                # An endless draw from shards that all fail would spin forever without a single batch.
-                idle = idle + 1 if progress[0] == last else 0
-                last = progress[0]
-                if idle > 2 * len(plan.shards) + 10:
-                    logger.error("no readable samples in %d resampled shards in a row; ending this worker's "
-                                 "stream", idle)
-                    return
+            yield self._resampled(ctx, progress)
             return
         for pass_ in itertools.count():  # more than one pass only when num_samples asks for more than the data holds
             order = list(plan.shards)
@@ -295,21 +284,49 @@ class _WdsStream(IterableDataset):
             if not mine:
                 return
             before = progress[0]
-            yield from ({"url": url} for url in mine)
+            yield [{"url": url} for url in mine]  # read to the end (by _shuffled) before the next pass is asked for
             if plan.worker_batches is None:
                 return
             if progress[0] == before:
                 logger.error("no readable samples in shards %s; ending this worker's epoch early", mine)
                 return
 
-    def _order(self, samples: Iterable[dict], ctx: _Context, progress: list[int]) -> Iterator[tuple[dict, int]]:
+    def _resampled(self, ctx: _Context, progress: list[int]) -> Iterator[dict]:
         plan = self.plan
-        samples = _counted(samples, progress)  # counted before the shuffle buffer, which reads ahead
-        if plan.shuffle_buffer > 1:
-            rng = random.Random(_seed(plan.seed, ctx.epoch, plan.rank, ctx.role, "samples"))
-            # Shuffling raw bytes before decoding keeps the buffer cheap (compressed images) and makes the
-            # order independent of decode failures.
-            samples = wds.shuffle(plan.shuffle_buffer, initial=plan.shuffle_buffer, rng=rng)(samples)
+        # ResampledShards seeds itself with make_seed(worker_seed(), epoch, seed); its own epoch counter
+        # counts iterations of this object, so it is pinned to the shared epoch for reproducibility.
+        shards = wds.ResampledShards(list(plan.shards), seed=plan.seed, deterministic=True,
+                                     worker_seed=lambda: _seed(plan.rank, ctx.role) & 0x7FFF_FFFF)
+        shards.epoch = ctx.epoch - 1  # __iter__ increments it first
+        last, idle = progress[0], 0
+        for shard in shards:
+            yield shard
+            # An endless draw from shards that all fail would spin forever without a single batch.
+            idle = idle + 1 if progress[0] == last else 0
+            last = progress[0]
+            if idle > 2 * len(plan.shards) + 10:
+                logger.error("no readable samples in %d resampled shards in a row; ending this worker's "
+                             "stream", idle)
+                return
+
+    def _shuffled(self, shards: Iterable[dict], ctx: _Context, pass_: int, progress: list[int]) -> Iterator[dict]:
+        """The raw samples of one pass, shuffled within that pass only.
+
+        A pass is shuffled on its own so that an epoch of exactly the shard total holds every sample once: a
+        buffer spanning passes would pull samples of the next pass into this one (repeats and misses).
+        """
+        plan = self.plan
+        samples = _counted(_tar_samples(shards), progress)  # counted before the shuffle buffer, which reads ahead
+        if plan.shuffle_buffer <= 1:
+            return samples
+        rng = random.Random(_seed(plan.seed, ctx.epoch, plan.rank, ctx.role, pass_, "samples"))
+        # Shuffling raw bytes before decoding keeps the buffer cheap (compressed images) and makes the order
+        # independent of decode failures.
+        return wds.shuffle(plan.shuffle_buffer, initial=plan.shuffle_buffer, rng=rng)(samples)
+
+    def _positioned(self, samples: Iterable[dict], ctx: _Context) -> Iterator[tuple[dict, int]]:
+        """Drop this role's already-consumed samples (a resume) and pair each sample with its augmentation seed."""
+        plan = self.plan
         skip = ctx.skip_batches * plan.batch_size
         for index, sample in enumerate(samples):
             if index >= skip:  # skipped samples cost reading bytes only: no decode, no augmentation

@@ -103,7 +103,7 @@ class TrainConfig:
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ValueError(f"--train-num-samples must be >= 1, got {self.train_num_samples}")
         if self.synthetic_render_size is not None and self.synthetic_render_size < 8:
-            raise ValueError(f"synthetic_render_size must be >= 8, got {self.synthetic_render_size}")
+            raise ValueError(f"--synthetic-render-size must be >= 8, got {self.synthetic_render_size}")
         if self.steps is None and self.epochs is None:
             raise ValueError("give --steps or --epochs")
         if self.steps is not None and self.steps < 1 or self.epochs is not None and self.epochs < 1:

@@ -136,6 +136,21 @@ def test_num_samples_fixes_the_epoch_length(shards: Shards) -> None:
         assert len(batches) == 8 and all(len(b) + b.skipped == 4 for b in batches)
 
 
+def test_passes_of_a_sized_epoch_are_shuffled_separately(shards: Shards) -> None:
+    # 17 raw samples per pass, num_samples = 3 passes: every pass yields each sample once, in its own order. (A
+    # shuffle buffer spanning passes would pull samples of the next pass forward: repeats and misses in a pass.)
+    loader = make_wds_loader(shards.spec, image_transform(8, train=True), tokenize, batch_size=1,
+                             num_samples=3 * 17, shuffle_buffer=100)
+    per_pass, skipped = [], []
+    batches = list(loader)
+    for start in range(0, 3 * 17, 17):
+        chunk = batches[start:start + 17]
+        per_pass.append([c for b in chunk for c in b.captions])
+        skipped.append(sum(b.skipped for b in chunk))
+    assert all(Counter(p) == Counter(shards.good) for p in per_pass) and skipped == [2, 2, 2]
+    assert len({tuple(p) for p in per_pass}) == 3
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_epochs_are_reproducible_and_resume_exactly(shards: Shards, num_workers: int) -> None:
     def make():

@@ -80,6 +80,7 @@ BAD_INPUT = {
                   "larger than the dataset (6 samples)"),
     "resume": (["--resume", "latest"], "--resume latest: no checkpoint found"),
     "steps": (["--steps", "0"], "--steps and --epochs must be >= 1"),
+    "render-size": (["--synthetic-render-size", "4"], "--synthetic-render-size must be >= 8, got 4"),
 }
 
 

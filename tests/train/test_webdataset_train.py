@@ -62,10 +62,6 @@ def test_training_counts_the_bad_samples_the_pipeline_skips(tmp_path, th, shards
     assert summary["samples_seen"] == 32 - expected and th.metrics(run)[-1]["skipped_samples"] == expected
 
 
-@pytest.mark.xfail(strict=True, reason="euclip.data.wds shuffles samples across passes: with --train-num-samples "
-                                       "equal to the shard total, an epoch is not one pass (its shuffle buffer, "
-                                       "initial=1000, draws from later passes), so samples repeat or go missing "
-                                       "within the epoch. Remove this marker once each pass is shuffled on its own.")
 def test_an_epoch_of_the_shard_total_is_one_pass(shards):
     assert _skipped_in_epoch(shards, 32, 16) == 2  # the corrupt image and the caption-less sample, once each
 
