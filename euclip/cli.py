@@ -13,6 +13,7 @@ import logging
 import sys
 
 from euclip import geometry as geom
+from euclip.data.synthetic import LEVEL_PROBS
 from euclip.presets import PRESETS
 
 GEOMETRY_CHOICES = list(dict.fromkeys(list(geom.GEOMETRIES) + list(geom.ALIASES)))
@@ -33,6 +34,10 @@ def _add_geometry_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--final-ln", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the towers' final LayerNorm (vision ln_post, text ln_final); default: off")
     g.add_argument("--entailment-weight", type=float, help="weight of the entailment-cone loss (0 = off; MERU: 0.2)")
+    g.add_argument("--entailment-warmup", type=int,
+                   help="ramp the entailment weight linearly from 0 over this many steps (default 0: MERU's full "
+                        "weight from the first step; short, small-batch runs can collapse the text embeddings "
+                        "onto the origin, where every cone is a half-space)")
     g.add_argument("--min-radius", type=float, help="K, the entailment cones' min radius (start of training; "
                                                     "default 0.1)")
     g.add_argument("--min-radius-final", type=float, help="K at the end of training (linear schedule, e.g. 0.3 → 0.1)")
@@ -44,6 +49,13 @@ def _add_geometry_flags(p: argparse.ArgumentParser) -> None:
                    help="learn c (clamped to [0.1, 10]); default on")
     g.add_argument("--no-multi-positive", dest="multi_positive", action="store_false", default=None,
                    help="treat identical captions in a batch as negatives (plain InfoNCE) instead of shared positives")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -68,6 +80,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="synthetic: render images this many pixels wide and resize them to the model's size on the "
                         "device (a 224 px ViT on a GPU: render at 32-64 px, the CPU workers cannot draw 224 px "
                         "fast enough)")
+    d.add_argument("--synthetic-caption-levels", type=_floats, metavar="P0,P1,P2,P3,P4",
+                   help="synthetic: relative frequency of the caption levels 0 (\"a shape\"), 1 (family), 2 (shape), "
+                        "3 (colour + shape), 4 (every attribute); default "
+                        + ",".join(f"{p:g}" for p in LEVEL_PROBS))
     d.add_argument("--dataset-resampled", action="store_true", default=None,
                    help="webdataset: sample shards with replacement (infinite stream)")
     d.add_argument("--workers", type=int, help="data-loading worker processes per training process (default 2)")

@@ -32,7 +32,7 @@ import math
 import operator
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ __all__ = [
     "COLORS", "COLOR_FAMILIES", "COLOR_TO_FAMILY", "COLOR_SYNONYMS", "COLOR_RGB",
     "SIZES", "SIZE_SYNONYMS", "POSITIONS", "POSITION_PHRASES", "BACKGROUNDS", "BACKGROUND_PHRASES",
     "CAPTION_LEVELS", "LEVEL_PROBS", "FRAMES", "TEMPLATES", "HELDOUT_COMBINATIONS", "SPLITS",
-    "Attributes", "SyntheticShapes", "shape_taxonomy", "color_taxonomy", "caption_pool", "benchmark",
+    "Attributes", "SyntheticShapes", "check_level_probs", "shape_taxonomy", "color_taxonomy", "caption_pool", "benchmark",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,9 +106,16 @@ _LIGHT_RANGE = (190.0, 245.0)
 _MIN_CONTRAST = 95.0  # least RGB distance between an object colour and any grey level of an allowed background
 
 CAPTION_LEVELS: tuple[int, ...] = (0, 1, 2, 3, 4)
-LEVEL_PROBS: tuple[float, ...] = (0.05, 0.10, 0.25, 0.25, 0.35)
-"""Probability of each caption level: mostly specific (levels 2-4), with enough generic captions (levels 0-1) that
-a model sees the "a shape" / "a polygon" end of the hierarchy in every batch."""
+LEVEL_PROBS: tuple[float, ...] = (0.05, 0.10, 0.70, 0.10, 0.05)
+"""Default probability of each caption level: mostly the leaf shape alone (level 2), with enough generic captions
+(levels 0-1) that every batch holds the "a shape" / "a polygon" end of the hierarchy.
+
+Why so shape-heavy (measured on a 2-core CPU, tiny model, 400-450 steps x 128): a small contrastive model learns
+first whichever attribute dominates the captions, and then picks up a second one only slowly. With a mix of
+(0.05, 0.10, 0.25, 0.25, 0.35) colour won: colour zero-shot 99 %, shape zero-shot 7-21 % (chance 6.7 %). With 60 %
+shape-only captions CLIP reached 99 % shape but MERU stayed at chance; with this mix shape zero-shot reached 98 %
+(CLIP), 99 % (EuCLIP) and 53 % (MERU), while colour stays near chance. Pass ``level_probs`` (``euclip train
+--synthetic-caption-levels``) to study other mixes."""
 
 SPLITS: dict[str, int] = {"train": 0, "test": 1, "heldout": 2}
 """Split name -> the code mixed into the RNG seed (different codes = disjoint index streams)."""
@@ -408,7 +415,18 @@ def _pick(u: float, n: int) -> int:
     return min(int(u * n), n - 1)
 
 
-_LEVEL_CDF = np.cumsum(LEVEL_PROBS)
+def check_level_probs(level_probs: Sequence[float]) -> tuple[float, ...]:
+    """Validate caption-level frequencies (one per level of :data:`CAPTION_LEVELS`) and normalise them to sum 1.
+
+    Raises:
+        ValueError: not one finite, non-negative number per level, or all zero.
+    """
+    probs = tuple(float(p) for p in level_probs)
+    if len(probs) != len(CAPTION_LEVELS) or not all(math.isfinite(p) and p >= 0 for p in probs) or sum(probs) <= 0:
+        raise ValueError(f"caption level frequencies must be {len(CAPTION_LEVELS)} non-negative numbers (levels "
+                         f"{', '.join(map(str, CAPTION_LEVELS))}) with a positive sum, got {list(level_probs)}")
+    total = sum(probs)
+    return tuple(p / total for p in probs)
 
 
 class SyntheticShapes(torch.utils.data.Dataset):
@@ -423,13 +441,17 @@ class SyntheticShapes(torch.utils.data.Dataset):
         image_size: side of the square images in pixels.
         transform: optional callable applied to the PIL image in ``__getitem__`` instead of the default
             tensor conversion.
+        level_probs: relative frequency of each caption level 0..4 (normalised here); default
+            :data:`LEVEL_PROBS`.
 
     Raises:
-        ValueError: unknown split, ``size <= 0``, negative seed or ``image_size < 8``.
+        ValueError: unknown split, ``size <= 0``, negative seed, ``image_size < 8``, or ``level_probs`` not five
+            non-negative numbers with a positive sum.
     """
 
     def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 32,
-                 transform: Callable[[Image.Image], Any] | None = None):
+                 transform: Callable[[Image.Image], Any] | None = None,
+                 level_probs: Sequence[float] = LEVEL_PROBS):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if size <= 0:
@@ -438,6 +460,8 @@ class SyntheticShapes(torch.utils.data.Dataset):
             raise ValueError(f"seed must be non-negative, got {seed}")
         if image_size < 8:
             raise ValueError(f"image_size must be at least 8, got {image_size}")
+        self.level_probs = check_level_probs(level_probs)
+        self._level_cdf = np.cumsum(self.level_probs)
         self.split = split
         self.size = int(size)
         self.seed = int(seed)
@@ -470,7 +494,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             shape=shape, family=SHAPE_TO_FAMILY[shape], color=color, color_family=COLOR_TO_FAMILY[color],
             size=SIZES[_pick(u[1], len(SIZES))], position=POSITIONS[_pick(u[2], len(POSITIONS))],
             background=backgrounds[_pick(u[3], len(backgrounds))],
-            caption_level=int(min(np.searchsorted(_LEVEL_CDF, u[4], side="right"), len(LEVEL_PROBS) - 1)),
+            caption_level=int(min(np.searchsorted(self._level_cdf, u[4], side="right"), len(CAPTION_LEVELS) - 1)),
         )
         caption_seed = int(rng.integers(0, 2**62))
         return attrs, caption_seed, rng

@@ -32,6 +32,7 @@ class TrainConfig:
     csv_separator: str = "\t"
     train_num_samples: int | None = None  # webdataset: samples per epoch; synthetic: epoch length
     synthetic_render_size: int | None = None  # render synthetic images this big, resize on the device (GPU runs)
+    synthetic_caption_levels: tuple[float, ...] | None = None  # frequency of caption levels 0..4; None: the default
     dataset_resampled: bool = False
     workers: int = 2
     batch_size: int = 128  # per process
@@ -57,6 +58,7 @@ class TrainConfig:
     preset: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     entailment_weight: float = 0.0
+    entailment_warmup: int = 0  # steps over which the entailment weight ramps linearly from 0 (0: full from the start)
     min_radius: float = 0.1  # K at the start of training
     min_radius_final: float | None = None  # K at the end (linear schedule); None: constant
     multi_positive: bool = True  # identical captions in a batch are shared positives, not negatives
@@ -104,6 +106,13 @@ class TrainConfig:
             raise ValueError(f"--train-num-samples must be >= 1, got {self.train_num_samples}")
         if self.synthetic_render_size is not None and self.synthetic_render_size < 8:
             raise ValueError(f"--synthetic-render-size must be >= 8, got {self.synthetic_render_size}")
+        if self.synthetic_caption_levels is not None:
+            from euclip.data.synthetic import check_level_probs
+
+            try:
+                check_level_probs(self.synthetic_caption_levels)
+            except ValueError as exn:
+                raise ValueError(f"--synthetic-caption-levels: {exn}") from None
         if self.steps is None and self.epochs is None:
             raise ValueError("give --steps or --epochs")
         if self.steps is not None and self.steps < 1 or self.epochs is not None and self.epochs < 1:
@@ -121,6 +130,8 @@ class TrainConfig:
             # gradient of the global loss). Non-local loss without the gather is made exact in the loss.
             raise ValueError("--local-loss needs --gather-with-grad with several processes: without it the "
                              "gradient misses the terms of the other processes' rows (use both, or neither)")
+        if self.entailment_warmup < 0:
+            raise ValueError(f"--entailment-warmup must be >= 0, got {self.entailment_warmup}")
         if self.entailment_weight < 0:
             raise ValueError(f"--entailment-weight must be >= 0, got {self.entailment_weight}")
         if self.entailment_weight > 0 and self.model.geometry not in geom.CONE_GEOMETRIES:
@@ -130,6 +141,12 @@ class TrainConfig:
             raise ValueError("--min-radius must be positive")
         check_model(self.model.model)
         return self
+
+    def entailment_weight_at(self, step: int) -> float:
+        """The entailment weight of step ``step`` (0-based): a linear ramp over ``entailment_warmup`` steps."""
+        if self.entailment_warmup <= 0:
+            return self.entailment_weight
+        return self.entailment_weight * min((step + 1) / self.entailment_warmup, 1.0)
 
     def min_radius_at(self, step: int, total_steps: int) -> float:
         """Linear schedule from ``min_radius`` to ``min_radius_final`` (a small K early was unstable)."""

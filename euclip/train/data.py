@@ -132,8 +132,9 @@ def build_train_data(cfg: TrainConfig, tokenizer, image_size: int, dist_info: Di
     if cfg.dataset_type == "synthetic":
         from euclip.data.synthetic import SyntheticShapes
 
+        levels = {"level_probs": cfg.synthetic_caption_levels} if cfg.synthetic_caption_levels else {}
         dataset = SyntheticShapes("train", size=cfg.train_num_samples or SYNTHETIC_EPOCH, seed=cfg.seed,
-                                  image_size=cfg.synthetic_render_size or image_size)
+                                  image_size=cfg.synthetic_render_size or image_size, **levels)
         # Synthetic samples are pure functions of their index: no transform randomness to seed.
         wrapped = EpochIndexed(dataset, cfg.seed, fresh_per_epoch=True, random_transform=False)
     else:

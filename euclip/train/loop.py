@@ -221,8 +221,8 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, checkpoi
                     log.warning("step %d: a micro-batch has no readable sample; step skipped", step + 1)
                 else:
                     micro = [b.to(device, non_blocking=True) for b in micro]
-                    loss_out, image, text = _train_step(train_model, ddp, model, micro, cfg, min_radius, device,
-                                                        scaler)
+                    loss_out, image, text = _train_step(train_model, ddp, model, micro, cfg, min_radius,
+                                                        cfg.entailment_weight_at(step), device, scaler)
                     if scaler.is_enabled():
                         scaler.unscale_(optimizer)  # true gradients for the clipping and the norm below
                     values = _step_values(loss_out, model, cfg, dist_info, check_grads=not scaler.is_enabled())
@@ -261,6 +261,7 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, checkpoi
                                  "contrastive": values["contrastive"], "entailment": values["entailment"],
                                  "grad_norm": values["grad_norm"],
                                  "lr": scheduler.get_last_lr()[0], "min_radius": min_radius,
+                                 "entailment_weight": cfg.entailment_weight_at(step - 1),
                                  "samples_per_s": window_samples / max(elapsed, 1e-9), **model.scalars(),
                                  **_embedding_stats(image, text, model), **loss_out.stats,
                                  **{k: counters[k] for k in ("skipped_samples", "dropped_samples", "empty_steps",
@@ -401,7 +402,8 @@ def _features(train_model, batch: Batch, model: GeometricCLIP, cfg: TrainConfig)
 
 
 def _train_step(train_model, ddp: DistributedDataParallel | None, model: GeometricCLIP, micro: list[Batch],
-                cfg: TrainConfig, min_radius: float, device: torch.device, scaler: torch.amp.GradScaler):
+                cfg: TrainConfig, min_radius: float, entailment_weight: float, device: torch.device,
+                scaler: torch.amp.GradScaler):
     """Forward and backward over the micro-batches of one optimizer step.
 
     With ``accum_freq > 1`` the loss is that of the whole accumulated batch (OpenCLIP's scheme):
@@ -421,7 +423,7 @@ def _train_step(train_model, ddp: DistributedDataParallel | None, model: Geometr
             scale = scale.detach()
             curvature = curvature.detach() if isinstance(curvature, torch.Tensor) else curvature
         return contrastive_loss(image, text, model.geometry, model.logit, scale, curvature,
-                                entailment_weight=cfg.entailment_weight, min_radius=min_radius,
+                                entailment_weight=entailment_weight, min_radius=min_radius,
                                 caption_ids=caption_ids, local_loss=cfg.local_loss,
                                 gather_with_grad=cfg.gather_with_grad)
 

@@ -204,6 +204,21 @@ def test_bad_arguments():
         SyntheticShapes("train", seed=-1)
     with pytest.raises(IndexError):
         SyntheticShapes("train").attributes(-1)
+    for bad in ((1, 1), (0, 0, 0, 0, 0), (1, -1, 1, 1, 1), (1, float("nan"), 1, 1, 1)):
+        with pytest.raises(ValueError, match="caption level frequencies must be 5 non-negative numbers"):
+            SyntheticShapes("train", level_probs=bad)
+
+
+def test_caption_level_frequencies_can_be_chosen():
+    only_shapes = SyntheticShapes("train", seed=0, level_probs=(0, 0, 1, 0, 0))
+    assert {only_shapes.attributes(i).caption_level for i in range(300)} == {2}
+    generic = SyntheticShapes("train", seed=0, level_probs=(2, 2, 0, 0, 0))  # normalised to (0.5, 0.5, 0, 0, 0)
+    assert generic.level_probs == (0.5, 0.5, 0.0, 0.0, 0.0)
+    counts = collections.Counter(generic.attributes(i).caption_level for i in range(2000))
+    assert set(counts) == {0, 1} and abs(counts[0] / 2000 - 0.5) < 0.04
+    # The level draw does not change what is drawn: same objects, only captions differ.
+    default = SyntheticShapes("train", seed=0)
+    assert all(torch.equal(default[i][0], only_shapes[i][0]) for i in range(5))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,10 +257,11 @@ def test_caption_levels_and_contents(train_attrs: list[Attributes], train_captio
 
 
 def test_captions_are_varied(train_captions: list[str]):
-    # Most captions in a training batch are distinct (identical ones are shared positives for the loss).
+    # Most captions in a training batch are distinct (identical ones are shared positives for the loss), even
+    # though 70 % of them name only the shape: frames, articles and synonyms vary the wording.
     for start in range(0, 1024, 256):
-        assert len(set(train_captions[start:start + 256])) > 0.6 * 256
-    assert len(set(train_captions)) > 0.5 * N_ATTR
+        assert len(set(train_captions[start:start + 256])) > 0.8 * 256
+    assert len(set(train_captions)) > 0.35 * N_ATTR
     # Articles are right: no "a" before a vowel-initial word.
     assert not any(re.search(r"\ba [aeiou]", c) for c in train_captions)
 

@@ -80,7 +80,11 @@ BAD_INPUT = {
                   "larger than the dataset (6 samples)"),
     "resume": (["--resume", "latest"], "--resume latest: no checkpoint found"),
     "steps": (["--steps", "0"], "--steps and --epochs must be >= 1"),
+    "entailment-warmup": (["--entailment-warmup", "-1"], "--entailment-warmup must be >= 0, got -1"),
     "render-size": (["--synthetic-render-size", "4"], "--synthetic-render-size must be >= 8, got 4"),
+    "caption-levels": (["--synthetic-caption-levels", "1,2"], "--synthetic-caption-levels: caption level "
+                       "frequencies must be 5 non-negative numbers"),
+    "caption-levels-text": (["--synthetic-caption-levels", "1,a"], "expected comma-separated numbers, got '1,a'"),
 }
 
 
