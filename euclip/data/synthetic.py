@@ -47,7 +47,8 @@ __all__ = [
     "COLORS", "COLOR_FAMILIES", "COLOR_TO_FAMILY", "COLOR_SYNONYMS", "COLOR_RGB",
     "SIZES", "SIZE_SYNONYMS", "POSITIONS", "POSITION_PHRASES", "BACKGROUNDS", "BACKGROUND_PHRASES",
     "CAPTION_LEVELS", "LEVEL_PROBS", "FRAMES", "TEMPLATES", "HELDOUT_COMBINATIONS", "SPLITS",
-    "Attributes", "SyntheticShapes", "check_level_probs", "shape_taxonomy", "color_taxonomy", "caption_pool", "benchmark",
+    "Attributes", "SyntheticShapes", "check_level_probs", "shape_taxonomy", "color_taxonomy", "caption_pool",
+    "benchmark",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
-"""The per-step schedules of the entailment loss (weight warm-up, min-radius ramp) reach the loss, as logged."""
+"""Training-data and loss options reach the trainer: the synthetic caption mix, and the per-step schedules of
+the entailment loss (weight warm-up, min-radius ramp), as logged."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from euclip.cli import main
+from euclip.data.synthetic import COLORS, SHAPE_SYNONYMS
 from euclip.train.config import resolve_config
+from euclip.train.data import build_train_data
+from euclip.train.distributed import DistInfo
 
 
 def test_entailment_weight_ramps_over_its_warmup():
@@ -25,3 +30,12 @@ def test_logged_schedules_follow_the_flags(tmp_path, th):
     assert [r["min_radius"] for r in rows] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     # The penalty is computed (and so logged non-zero) at every step whose weight is positive.
     assert all(r["entailment"] > 0 for r in rows)
+
+
+def test_synthetic_caption_levels_reach_the_training_stream():
+    cfg = resolve_config({"steps": 2, "batch_size": 32, "workers": 0, "synthetic_caption_levels": (0, 0, 1, 0, 0)})
+    data = build_train_data(cfg, lambda captions: torch.zeros(len(captions), 1, dtype=torch.long), 32, DistInfo(), 0)
+    captions = next(iter(data.loader)).captions
+    shape_words = [w for synonyms in SHAPE_SYNONYMS.values() for w in synonyms]
+    assert len(captions) == 32
+    assert all(any(w in c for w in shape_words) and not any(f" {col}" in c for col in COLORS) for c in captions)
