@@ -130,11 +130,11 @@ def build_train_data(cfg: TrainConfig, tokenizer, image_size: int, dist_info: Di
                          num_samples)
 
     if cfg.dataset_type == "synthetic":
-        from euclip.data.synthetic import SyntheticShapes
+        from euclip.data.synthetic import LEVEL_PROBS, SyntheticShapes
 
-        levels = {"level_probs": cfg.synthetic_caption_levels} if cfg.synthetic_caption_levels else {}
         dataset = SyntheticShapes("train", size=cfg.train_num_samples or SYNTHETIC_EPOCH, seed=cfg.seed,
-                                  image_size=cfg.synthetic_render_size or image_size, **levels)
+                                  image_size=cfg.synthetic_render_size or image_size,
+                                  level_probs=cfg.synthetic_caption_levels or LEVEL_PROBS)
         # Synthetic samples are pure functions of their index: no transform randomness to seed.
         wrapped = EpochIndexed(dataset, cfg.seed, fresh_per_epoch=True, random_transform=False)
     else:

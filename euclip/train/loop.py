@@ -213,6 +213,7 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, checkpoi
                 counters["skipped_samples"] += agreed["skipped"]
                 counters["dropped_samples"] += agreed["dropped"]
                 min_radius = cfg.min_radius_at(step, total_steps)
+                entailment_weight = cfg.entailment_weight_at(step)
                 trained = False
                 if any(len(b) == 0 for b in micro):  # the same on every process: lengths were agreed on
                     # Every sample of a micro-batch was unreadable. The step still counts (and the
@@ -222,7 +223,7 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, checkpoi
                 else:
                     micro = [b.to(device, non_blocking=True) for b in micro]
                     loss_out, image, text = _train_step(train_model, ddp, model, micro, cfg, min_radius,
-                                                        cfg.entailment_weight_at(step), device, scaler)
+                                                        entailment_weight, device, scaler)
                     if scaler.is_enabled():
                         scaler.unscale_(optimizer)  # true gradients for the clipping and the norm below
                     values = _step_values(loss_out, model, cfg, dist_info, check_grads=not scaler.is_enabled())
@@ -261,7 +262,7 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, checkpoi
                                  "contrastive": values["contrastive"], "entailment": values["entailment"],
                                  "grad_norm": values["grad_norm"],
                                  "lr": scheduler.get_last_lr()[0], "min_radius": min_radius,
-                                 "entailment_weight": cfg.entailment_weight_at(step - 1),
+                                 "entailment_weight": entailment_weight,
                                  "samples_per_s": window_samples / max(elapsed, 1e-9), **model.scalars(),
                                  **_embedding_stats(image, text, model), **loss_out.stats,
                                  **{k: counters[k] for k in ("skipped_samples", "dropped_samples", "empty_steps",
