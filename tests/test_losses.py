@@ -203,10 +203,11 @@ def test_stats() -> None:
     assert set(out.stats) >= {"logit_pos", "logit_neg", "loss_i2t", "loss_t2i"}
     logits = geom.pairwise_logits(image, text, "hyperbolic", "distance")
     off_diagonal = ~torch.eye(16, dtype=torch.bool)
-    assert out.stats["logit_pos"] == pytest.approx(logits.diagonal().mean().item(), rel=1e-5)
-    assert out.stats["logit_neg"] == pytest.approx(logits[off_diagonal].mean().item(), rel=1e-5)
-    assert (out.stats["loss_i2t"] + out.stats["loss_t2i"]) / 2 == pytest.approx(out.total.item(), rel=1e-6)
-    assert out.stats["logit_pos"] > out.stats["logit_neg"]
+    stats = {k: v.item() for k, v in out.stats.items()}
+    assert stats["logit_pos"] == pytest.approx(logits.diagonal().mean().item(), rel=1e-5)
+    assert stats["logit_neg"] == pytest.approx(logits[off_diagonal].mean().item(), rel=1e-5)
+    assert (stats["loss_i2t"] + stats["loss_t2i"]) / 2 == pytest.approx(out.total.item(), rel=1e-6)
+    assert stats["logit_pos"] > stats["logit_neg"]
 
 
 def test_bad_arguments() -> None:

@@ -264,7 +264,7 @@ def _train(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, checkpoi
                                  "lr": scheduler.get_last_lr()[0], "min_radius": min_radius,
                                  "entailment_weight": entailment_weight,
                                  "samples_per_s": window_samples / max(elapsed, 1e-9), **model.scalars(),
-                                 **_embedding_stats(image, text, model), **loss_out.stats,
+                                 **_embedding_stats(image, text, model), **{k: v.item() for k, v in loss_out.stats.items()},
                                  **{k: counters[k] for k in ("skipped_samples", "dropped_samples", "empty_steps",
                                                              "nonfinite_steps")}}
                         logger.log(stats)

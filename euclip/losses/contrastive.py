@@ -1,80 +1,21 @@
-"""Contrastive (InfoNCE) and entailment losses for any embedding geometry.
+"""CLIP's contrastive (InfoNCE) loss for any embedding geometry, plus MERU's entailment loss.
 
 The contrastive loss is CLIP's symmetric cross-entropy over a batch's image–text logits, with the
 logits given by :func:`euclip.geometry.pairwise_logits` for any (geometry, logit) pair. The
 entailment loss (MERU's) pulls each image into the entailment cone of its caption ("text entails
-image"). Features can be gathered across ``torch.distributed`` processes so that every process
-uses the negatives of the global batch, as OpenCLIP does.
+image"). Features are gathered across ``torch.distributed`` processes so that every process uses the
+negatives of the global batch, as OpenCLIP does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.distributed as dist
-import torch.distributed.nn
 import torch.nn.functional as F
 
 from euclip import geometry as geom
-
-
-@dataclass
-class LossOutput:
-    """The total loss and its parts, plus detached health statistics for logging."""
-
-    total: torch.Tensor
-    contrastive: torch.Tensor
-    entailment: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by ``scale`` in backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
-
-
-def gather_features(image: torch.Tensor, text: torch.Tensor, caption_ids: torch.Tensor | None,
-                    gather_with_grad: bool, local_grad_scale: float = 1.0
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """All-gather ``(B, D)`` features from every process into ``(W·B, D)``, rank order.
-
-    With ``gather_with_grad`` the gather is differentiable (its backward sums the gradients of
-    all processes' losses onto each process's features). Without it, only this process's own
-    chunk carries gradient, scaled by ``local_grad_scale``. When every process computes the same
-    global loss, the chunk's gradient is then ``W`` times too small after
-    DistributedDataParallel's averaging; ``local_grad_scale=W`` makes it exact, with no
-    communication in backward.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return image, text, caption_ids
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if gather_with_grad:
-        all_image = torch.cat(torch.distributed.nn.all_gather(image), dim=0)
-        all_text = torch.cat(torch.distributed.nn.all_gather(text), dim=0)
-    else:
-        chunks_image = [torch.empty_like(image) for _ in range(world)]
-        chunks_text = [torch.empty_like(text) for _ in range(world)]
-        dist.all_gather(chunks_image, image.detach().contiguous())
-        dist.all_gather(chunks_text, text.detach().contiguous())
-        if local_grad_scale != 1:
-            image, text = _ScaleGrad.apply(image, local_grad_scale), _ScaleGrad.apply(text, local_grad_scale)
-        chunks_image[rank], chunks_text[rank] = image, text  # keep the local gradient path
-        all_image, all_text = torch.cat(chunks_image), torch.cat(chunks_text)
-    all_ids = None
-    if caption_ids is not None:
-        id_chunks = [torch.empty_like(caption_ids) for _ in range(world)]
-        dist.all_gather(id_chunks, caption_ids.contiguous())
-        all_ids = torch.cat(id_chunks)
-    return all_image, all_text, all_ids
+from euclip.losses.base import HeadScalars, Loss, LossOutput, register_loss
+from euclip.losses.gather import distributed_world, gather_features
 
 
 def _cross_entropy(logits: torch.Tensor, first_label: int, row_ids: torch.Tensor | None,
@@ -129,10 +70,11 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
     if image.shape != text.shape or image.dim() != 2:
         raise ValueError(f"image and text embeddings must both be (B, D), got {tuple(image.shape)} and "
                          f"{tuple(text.shape)}")
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    world = distributed_world()
+    distributed = world > 1
     # Non-local loss without the differentiable gather: every process computes the same global loss,
     # so W x the local gradient, averaged by DDP over W processes, is the exact global gradient.
-    grad_scale = dist.get_world_size() if distributed and not local_loss else 1
+    grad_scale = world if distributed and not local_loss else 1
     all_image, all_text, all_ids = gather_features(image, text, caption_ids, gather_with_grad, grad_scale)
     with torch.autocast(device_type=image.device.type, enabled=False):
         dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
@@ -160,13 +102,36 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
             positive = per_image
         contrastive = (loss_i + loss_t) / 2
         total = contrastive + entailment_weight * entailment
-        with torch.no_grad():
-            diagonal = positive.diagonal()
-            stats = {
-                "logit_pos": (diagonal.mean() / scale).item(),
-                "logit_neg": ((per_image.sum() - diagonal.sum()) / (per_image.numel() - diagonal.numel())
-                              / scale).item() if per_image.numel() > diagonal.numel() else float("nan"),
-                "loss_i2t": loss_i.item(),
-                "loss_t2i": loss_t.item(),
-            }
+        stats = logit_stats(per_image, positive.diagonal(), scale)
+        stats.update(loss_i2t=loss_i.detach(), loss_t2i=loss_t.detach())
     return LossOutput(total, contrastive, entailment, stats)
+
+
+@torch.no_grad()
+def logit_stats(logits: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean unscaled logit of the positive pairs and of all other entries, as 0-d tensors (no host sync).
+
+    Args:
+        logits: ``(R, C)`` scaled logits.
+        positives: ``(R,)`` the scaled logits of the rows' own pairs (entries of ``logits``).
+        scale: the multiplier the logits carry.
+    """
+    negatives = logits.numel() - positives.numel()
+    negative_mean = ((logits.sum() - positives.sum()) / negatives if negatives
+                     else torch.full((), float("nan"), dtype=logits.dtype, device=logits.device))
+    return {"logit_pos": positives.mean() / scale, "logit_neg": negative_mean / scale}
+
+
+@register_loss
+class ContrastiveLoss(Loss):
+    """CLIP's symmetric InfoNCE loss with the geometry's logits (:func:`contrastive_loss`), configured once."""
+
+    name = "contrastive"
+
+    def __call__(self, image: torch.Tensor, text: torch.Tensor, scalars: HeadScalars, *,
+                 caption_ids: torch.Tensor | None = None, entailment_weight: float = 0.0,
+                 min_radius: float = 0.1) -> LossOutput:
+        return contrastive_loss(image, text, self.geometry, self.logit, scalars.logit_scale, scalars.curvature,
+                                entailment_weight=entailment_weight, min_radius=min_radius,
+                                caption_ids=caption_ids if self.multi_positive else None,
+                                local_loss=self.local_loss, gather_with_grad=self.gather_with_grad)

@@ -8,6 +8,7 @@ Flags are parsed into typed configs here, at the edge; nothing below sees ``argp
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -15,6 +16,10 @@ import sys
 from euclip import geometry as geom
 from euclip.data.synthetic import LEVEL_PROBS
 from euclip.presets import PRESETS
+
+# Modules that add top-level subcommands: each has ``register(subparsers)``, which adds its parser(s) and sets
+# ``func`` (taking the parsed arguments, returning the exit code). Imported only when the parser is built.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 GEOMETRY_CHOICES = list(dict.fromkeys(list(geom.GEOMETRIES) + list(geom.ALIASES)))
 
@@ -226,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     add_top_level_subcommands(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
 
     p = sub.add_parser("bench", help="benchmarks (see euclip bench geometry --help)", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -260,7 +267,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"euclip: training diverged: {e}", file=sys.stderr)
         return 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

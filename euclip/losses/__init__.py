@@ -1,0 +1,16 @@
+"""Image–text losses for any embedding geometry.
+
+* :func:`contrastive_loss` / :class:`ContrastiveLoss`: CLIP's symmetric InfoNCE with any geometry's logits,
+  plus MERU's entailment loss, with OpenCLIP's feature gathering across processes.
+* :class:`Loss`, :func:`register_loss`, :func:`build_loss`: the configured-loss interface and its registry
+  (``euclip train --loss NAME``).
+"""
+
+from euclip.losses.base import LOSSES, HeadScalars, Loss, LossOutput, build_loss, check_loss, register_loss
+from euclip.losses.contrastive import ContrastiveLoss, contrastive_loss, logit_stats
+from euclip.losses.gather import distributed_world, gather_features
+
+__all__ = [
+    "LOSSES", "ContrastiveLoss", "HeadScalars", "Loss", "LossOutput", "build_loss", "check_loss",
+    "contrastive_loss", "distributed_world", "gather_features", "logit_stats", "register_loss",
+]
