@@ -38,6 +38,7 @@ class TowerConfig:
     embed_dim: int
     vision: HybridVisionCfg
     text: dict = field(default_factory=dict)  # open_clip.CLIPTextCfg fields
+    tokenizer: str = "ViT-B-32"  # the OpenCLIP model whose tokenizer the text tower reads (CLIP's BPE)
 
 
 MODEL_CONFIGS: dict[str, TowerConfig] = {
@@ -68,6 +69,11 @@ def check_model(name: str) -> str:
                          f"model such as ViT-B-16, ViT-B-32, RN50 (all: {len(open_clip.list_models())}, "
                          "see `euclip models`)")
     return name
+
+
+def default_tokenizer(name: str) -> str:
+    """The OpenCLIP model name whose tokenizer model ``name`` reads (for :func:`open_clip.get_tokenizer`)."""
+    return MODEL_CONFIGS[name].tokenizer if name in MODEL_CONFIGS else name
 
 
 class ConvBlock(nn.Sequential):

@@ -17,32 +17,60 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
 from euclip import geometry as geom
-from euclip.configs import build_towers
+from euclip.configs import build_towers, default_tokenizer
+from euclip.losses.base import HeadScalars
+from euclip.options import option
+from euclip.runs import checkpoint_path
 
 CURVATURE_RANGE = (0.1, 10.0)
 
 
+def _geometry_names() -> list[str]:
+    return list(dict.fromkeys(list(geom.GEOMETRIES) + list(geom.ALIASES)))
+
+
 @dataclass
 class ModelConfig:
-    """What defines a GeometricCLIP (saved in checkpoints; see ``euclip train --help`` for each field)."""
+    """What defines a GeometricCLIP (saved in checkpoints and in a run's config.json)."""
 
-    model: str = "tiny"
-    geometry: str = "euclidean"
-    logit: str = "squared"
-    final_ln: bool = False
-    init_logit_scale: float = 0.0  # log t at initialisation
-    max_logit_scale: float = 100.0  # t is clamped to [1, max_logit_scale]
-    curvature: float = 1.0  # initial c of the hyperbolic geometry
-    learn_curvature: bool = True
-    image_size: int | None = None  # None: the model config's own
+    model: str = option("tiny", group="model", metavar="NAME",
+                        help="towers: a euclip config (tiny, small) or any OpenCLIP model name (ViT-B-16, ...; "
+                             "random weights, nothing is downloaded; `euclip models` lists them)")
+    geometry: str = option("euclidean", group="geometry", metavar="NAME",
+                           help=f"embedding geometry, or a paper-code alias that also sets the logit "
+                                f"({', '.join(_geometry_names())})")
+    logit: str = option("squared", group="geometry", choices=geom.LOGITS,
+                        help="softmax logit: inner product, negative distance or negative squared distance",
+                        default_text="squared, or the geometry alias's")
+    final_ln: bool = option(False, group="geometry",
+                            help="keep the towers' final LayerNorm (vision ln_post, text ln_final)")
+    init_logit_scale: float = option(0.0, group="geometry", metavar="LOG_T",
+                                     help="initial log t",
+                                     default_text="ln(1/0.07) for inner/distance logits, 0 for squared (−1 with the "
+                                                  "entailment loss), log 10 with --siglip")
+    max_logit_scale: float = option(100.0, group="geometry", help="t is clamped to [1, this]")
+    curvature: float = option(1.0, group="geometry", help="initial c of the hyperbolic geometry (curvature −c)")
+    learn_curvature: bool = option(True, group="geometry", help="learn c (clamped to [0.1, 10])")
+    image_size: int | None = option(None, group="model", help="override the model's image size",
+                                    default_text="the model's")
+    init_logit_bias: float | None = option(None, group="geometry", metavar="B",
+                                           help="a learnable logit bias b, initialised here (the sigmoid loss's)",
+                                           default_text="none; −10 with --siglip")
+    tokenizer: str | None = option(None, group="model", metavar="NAME",
+                                   help="the OpenCLIP model name whose tokenizer the text tower reads",
+                                   default_text="the model's own (CLIP's BPE for tiny and small)")
 
     def __post_init__(self):
+        if self.tokenizer is None:
+            # Resolved here, so that config.json and checkpoints record the tokenizer the run was trained with.
+            self.tokenizer = default_tokenizer(self.model)
         geom.check_geometry(self.geometry)
         geom.check_logit(self.logit)
         if self.max_logit_scale < 1:
@@ -78,6 +106,9 @@ class GeometricCLIP(nn.Module):
             init_alpha = math.log(1 / math.sqrt(self.embed_dim))
             self.log_alpha_image = nn.Parameter(torch.tensor(init_alpha))
             self.log_alpha_text = nn.Parameter(torch.tensor(init_alpha))
+        if config.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self._tokenizer = None
 
     @property
     def geometry(self) -> str:
@@ -96,6 +127,10 @@ class GeometricCLIP(nn.Module):
     def curvature(self) -> torch.Tensor | float:
         """``c`` (a 0-d tensor with gradient) for the hyperbolic geometry, else 1.0 (unused)."""
         return self.log_curvature.exp() if self.geometry == "hyperbolic" else 1.0
+
+    def head_scalars(self) -> HeadScalars:
+        """The learnable scalars a loss reads (with gradient): logit scale, curvature, logit bias."""
+        return HeadScalars(self.logit_scale, self.curvature, getattr(self, "logit_bias", None))
 
     def to_manifold(self, features: torch.Tensor, tower: str) -> torch.Tensor:
         """Map a tower's ``(B, D)`` outputs onto the manifold (MERU's α scaling first for hyperbolic)."""
@@ -142,14 +177,22 @@ class GeometricCLIP(nn.Module):
     def scalars(self) -> dict[str, float]:
         """The head's learnable scalars, for logging."""
         out = {"logit_scale": self.logit_scale.item()}
+        if hasattr(self, "logit_bias"):
+            out["logit_bias"] = self.logit_bias.item()
         if self.geometry == "hyperbolic":
             out.update(curvature=self.log_curvature.exp().item(), alpha_image=self.log_alpha_image.exp().item(),
                        alpha_text=self.log_alpha_text.exp().item())
         return out
 
     def tokenizer(self):
-        """OpenCLIP's BPE tokenizer at this model's context length (works offline)."""
-        return open_clip.get_tokenizer("ViT-B-32", context_length=self.context_length)
+        """The tokenizer OpenCLIP names for the model (``config.tokenizer``), at the text tower's context length.
+
+        Built once per model. OpenCLIP's BPE tokenizer works offline; models whose OpenCLIP config names a
+        Hugging Face tokenizer need it in the local Hugging Face cache.
+        """
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.config.tokenizer, context_length=self.context_length)
+        return self._tokenizer
 
     def config_dict(self) -> dict:
         return asdict(self.config)
@@ -175,17 +218,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_model(path: str, device: str | torch.device = "cpu") -> GeometricCLIP:
-    """Load a trained GeometricCLIP from a checkpoint file or a run directory (its latest checkpoint)."""
-    from pathlib import Path
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> GeometricCLIP:
+    """Load a GeometricCLIP, in eval mode, from a run directory (its latest checkpoint) or a checkpoint file.
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoints" / "latest.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p}")
-    checkpoint = torch.load(p, map_location=device, weights_only=False)
-    config = ModelConfig(**checkpoint["config"]["model"])
-    model = GeometricCLIP(config).to(device)
+    This is the one model-loading path of every command. Native euclip checkpoints hold ``{"model": state_dict,
+    "config": {"model": ModelConfig fields, ...}}``.
+    """
+    checkpoint = torch.load(checkpoint_path(path), map_location=device, weights_only=False)
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
+            and "model" in checkpoint["config"]):
+        raise ValueError(f"{path}: not a euclip checkpoint (no 'config' with the model settings)")
+    model = GeometricCLIP(ModelConfig(**checkpoint["config"]["model"])).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval()

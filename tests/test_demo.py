@@ -17,10 +17,11 @@ def test_demo_writes_table_figure_and_report(tmp_path, capsys):
     assert [(r["geometry"], r["logit"], r["final_ln"]) for r in rows] == [
         ("elliptic", "inner", True), ("euclidean", "squared", False), ("hyperbolic", "distance", True)]
     for r in rows:
-        assert r["steps"] == 3 and 0 <= r["zeroshot_test_top1"] <= 1 and 0 <= r["zeroshot_color_test_top1"] <= 1
-        assert (out / r["preset"] / "eval_all.json").is_file()
+        assert r["steps"] == 3 and 0 <= r["zeroshot.top1"] <= 1 and 0 <= r["zeroshot.color_top1"] <= 1
+        evaluations = json.loads((out / r["preset"] / "results.json").read_text())["evaluations"]
+        assert {"zeroshot", "retrieval", "hierarchy", "geometry", "traversal"} <= set(evaluations)
     table = (out / "results.md").read_text()
     assert table.count("\n") == 5 and "| euclip | euclidean | squared | no |" in table
-    assert (out / "norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report" / "norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table" in (out / "report" / "index.html").read_text()
     assert "results.md" in capsys.readouterr().out

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from euclip import geometry as geom
-from euclip.eval.embed import DataSpec, Embeddings, curvature_of, embed, norms
+from euclip.eval.embed import Embeddings, norms
+from euclip.eval.registry import EvalContext, Metric, register_evaluation
 from euclip.geometry.hyperbolic import log_map0, time_component
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
     "cone_fraction",
     "effective_rank",
     "embedding_views",
-    "evaluate_geometry",
+    "geometry",
     "geometry_diagnostics",
     "histograms",
     "kendall_tau_b",
@@ -364,10 +365,44 @@ def geometry_diagnostics(emb: Embeddings, min_radius: float = 0.1, bins: int = 3
     return result
 
 
-def evaluate_geometry(model, spec: DataSpec, device: torch.device | str = "cpu", min_radius: float = 0.1,
-                      progress: bool = True) -> dict:
-    """Embed ``spec`` with ``model`` in batches and run :func:`geometry_diagnostics`; records data and settings."""
-    emb = embed(model, spec, device, progress=progress, desc="geometry: embed")
-    results = geometry_diagnostics(emb, min_radius)
-    results.update(data=spec.describe(), curvature=curvature_of(model), skipped_images=emb.skipped)
+def _mean_norm(modality: str):
+    def value(result: dict):
+        used = result.get("norm_used")
+        return result["norms"][used][modality]["mean"] if used else None
+
+    return value
+
+
+def _level_metric(level: int) -> Metric:
+    return Metric(f"text_norm_level{level}", f"mean text norm, level {level}",
+                  ("levels", "per_level", str(level), "mean"), "num", None)
+
+
+@register_evaluation(
+    "geometry", title="Geometry", requires=("captions",), settings=("min_radius",),
+    summary="norms, modality separation, entailment cones, caption levels, effective rank",
+    description="Geometry diagnostics of image and caption embeddings: distance-from-origin (and tower-output) norm "
+                "distributions, the AUC of telling images from captions by norm, the fraction of pairs whose image "
+                "lies in its caption's entailment cone (euclidean/hyperbolic), the mean caption norm per synthetic "
+                "caption level with Spearman/Kendall correlations, the effective rank per modality, and 2-D views "
+                "for the report.",
+    metrics=(Metric("norm_shown", "norm shown", lambda r: {"tower": "tower output", "manifold": "from origin"}.get(
+                 r.get("norm_used")), "str", None),
+             Metric("mean_image_norm", "mean image norm", _mean_norm("image"), "num", None),
+             Metric("mean_text_norm", "mean text norm", _mean_norm("text"), "num", None),
+             Metric("separation_auc", "P(image farther than text)", ("separation_auc",), "num", None),
+             Metric("cone_fraction", "images inside their caption's entailment cone", ("cones", "fraction"), "pct"),
+             Metric("cone_fraction_mismatched", "… for mismatched pairs", ("cones", "fraction_mismatched"), "pct",
+                    False),
+             *(_level_metric(level) for level in range(5)),
+             Metric("level_spearman", "Spearman(level, text norm)", ("levels", "spearman"), "num"),
+             Metric("level_kendall", "Kendall(level, text norm)", ("levels", "kendall"), "num"),
+             Metric("effective_rank_image", "effective rank, image", ("effective_rank", "image"), "num", None),
+             Metric("effective_rank_text", "effective rank, text", ("effective_rank", "text"), "num", None)),
+    examples=("euclip eval geometry runs/meru",
+              "euclip eval geometry runs/euclip --dataset-type webdataset --data 'val/{0000..0003}.tar'"))
+def geometry(ctx: EvalContext) -> dict:
+    emb = ctx.embeddings()
+    results = geometry_diagnostics(emb, ctx.min_radius)
+    results["skipped_images"] = emb.skipped
     return results

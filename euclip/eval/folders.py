@@ -1,13 +1,8 @@
-"""Zero-shot classification on a folder-per-class image directory (ImageNet layout)."""
+"""Class names and prompt templates for zero-shot classification of image folders (ImageNet layout)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch.utils.data import DataLoader
-
-from euclip.eval.zeroshot import class_prototypes, evaluate_zeroshot
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
@@ -49,21 +44,3 @@ def resolve_templates(spec: str | None) -> list[str]:
         if "{}" not in t:
             raise ValueError(f"{spec}:{i}: template {t!r} has no {{}} placeholder")
     return templates
-
-
-def folder_zeroshot(model, data: str, classnames: str | None, templates: str | None, device: torch.device,
-                    batch_size: int = 256, workers: int = 0, progress: bool = True) -> dict:
-    """Zero-shot accuracy over ``data/<class>/<image>`` with the model's geometry."""
-    from torchvision.datasets import ImageFolder
-
-    from euclip.data.transforms import image_transform
-
-    if not Path(data).is_dir():
-        raise FileNotFoundError(f"--data: no such folder: {data}")
-    dataset = ImageFolder(data, transform=image_transform(model.image_size, train=False))
-    names = resolve_classnames(classnames, dataset.classes)
-    prototypes = class_prototypes(model, names, resolve_templates(templates), model.tokenizer(), device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    results = evaluate_zeroshot(model, loader, prototypes, names, device, progress=progress, total=len(loader))
-    results.update(dataset=str(data), classes=dataset.classes)
-    return results

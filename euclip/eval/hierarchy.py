@@ -37,12 +37,15 @@ Two conventions for ``A`` and the LCA error, selected by ``convention``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from euclip.eval.registry import EvalContext, Metric, register_evaluation
 from euclip.tree import Tree
 
-__all__ = ["CONVENTIONS", "METRIC_KEYS", "hierarchy_metrics", "hierarchy_metrics_per_sample", "all_conventions"]
+__all__ = ["CONVENTIONS", "METRIC_KEYS", "all_conventions", "hierarchy", "hierarchy_metrics",
+           "hierarchy_metrics_per_sample", "load_tree"]
 
 #: Valid values of ``convention``.
 CONVENTIONS: tuple[str, ...] = ("hycoclip", "inclusive")
@@ -160,3 +163,76 @@ def all_conventions(tree: Tree, true: Sequence[str], pred: Sequence[str]) -> dic
         ``{convention: metrics}`` for each convention.
     """
     return {convention: hierarchy_metrics(tree, true, pred, convention) for convention in CONVENTIONS}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registered evaluation: hierarchy metrics of the zero-shot predictions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_tree(spec: str, classes: Sequence[str]) -> Tree:
+    """``"wordnet"``: the WordNet tree over ``classes`` (wnids); ``"shapes"``: the synthetic taxonomy; else an
+    edges file whose nodes include ``classes``."""
+    if spec == "wordnet":
+        from euclip.eval.wordnet import WordNetUnavailableError, wordnet_tree
+
+        try:
+            return wordnet_tree(list(classes))
+        except WordNetUnavailableError as e:
+            # Bad setup, not a bug: the CLI prints a ValueError as one line (the message says how to install).
+            raise ValueError(str(e)) from e
+    if spec == "shapes":
+        from euclip.data.synthetic import shape_taxonomy
+
+        return shape_taxonomy()
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"--tree: no such edges file: {spec} (or use 'wordnet' or 'shapes')")
+    tree = Tree.from_edges_file(spec)
+    missing = [c for c in classes if c not in tree]
+    if missing:
+        raise ValueError(f"{len(missing)} class(es) are not nodes of the tree in {spec}: {missing[:5]}")
+    return tree
+
+
+def _convention_metric(convention: str, key: str, label: str, higher: bool) -> Metric:
+    return Metric(f"{key}_{convention}", label, ("conventions", convention, key), "num", higher)
+
+
+@register_evaluation(
+    "hierarchy", title="Hierarchy (top-1 zero-shot predictions)", requires=("labels",),
+    settings=("tree", "classnames", "templates"),
+    summary="hierarchy-aware scores (TIE, LCA, Jaccard, ...) of top-1 zero-shot predictions",
+    description="Scores how bad top-1 zero-shot mistakes are in a class taxonomy (tree-induced error, LCA error, "
+                "Jaccard, hierarchical precision and recall), under HyCoCLIP's and the inclusive conventions (see "
+                "euclip.eval.hierarchy). Synthetic images are scored on the shape taxonomy (shape → family → leaf); "
+                "an ImageNet-style folder whose sub-folders are wnids on their WordNet tree, or any folder on a tree "
+                "given as a 'parent child' edges file (--tree FILE) whose nodes include the folder names.",
+    metrics=(Metric("top1", "top-1", ("top1",), "pct"),
+             Metric("tie", "tree-induced error (TIE) ↓", ("conventions", "hycoclip", "tie"), "num", False),
+             _convention_metric("hycoclip", "lca", "LCA error, HyCoCLIP ↓", False),
+             _convention_metric("inclusive", "lca", "LCA error, inclusive ↓", False),
+             _convention_metric("hycoclip", "jaccard", "Jaccard, HyCoCLIP", True),
+             _convention_metric("inclusive", "jaccard", "Jaccard, inclusive", True),
+             _convention_metric("inclusive", "hier_precision", "hier. precision, inclusive", True),
+             _convention_metric("inclusive", "hier_recall", "hier. recall, inclusive", True)),
+    examples=("euclip eval hierarchy runs/meru",
+              "euclip eval hierarchy runs/meru --data imagenet/val --num-samples 5000",
+              "euclip eval hierarchy runs/meru --data my_images --tree my_tree.txt --classnames names.txt"))
+def hierarchy(ctx: EvalContext) -> dict:
+    from euclip.eval.zeroshot import zeroshot_tasks
+
+    tasks = zeroshot_tasks(ctx)
+    task = tasks.get("shape") or tasks["classes"]
+    classes = task["classes"]
+    default_tree = "shapes" if "shape" in tasks else "wordnet"
+    tree = ctx.settings.tree or default_tree
+    true = [classes[i] for i in task["labels"].tolist()]
+    pred = [classes[i] for i in task["top"][:, 0].tolist()]
+    results = {"conventions": all_conventions(load_tree(tree, classes), true, pred),
+               "top1": sum(t == p for t, p in zip(true, pred)) / len(true), "num_samples": len(true), "tree": tree,
+               "top5": (task["top"] == task["labels"][:, None]).any(1).float().mean().item()}
+    if "shape" in tasks:
+        results.update(classes="synthetic shapes", templates="synthetic")
+    else:
+        results.update(classes=classes, classnames=task["classnames"], templates=ctx.settings.templates or "openai")
+    return results

@@ -3,10 +3,10 @@
 The page (``index.html``) has inline CSS and no scripts, fonts or anything else from the network; its figures are
 PNG files next to it, drawn with matplotlib's Agg backend. It shows, for every run:
 
-* a metrics table: the run's settings, zero-shot accuracy (``results.json``), retrieval, hierarchy metrics, geometry
-  diagnostics (norms, modality separation, cone satisfaction, caption-level correlations, effective rank) and
-  traversal scores, from ``eval_all.json`` (:func:`euclip.eval.commands.full_evaluation`) or, where that is missing,
-  from the ``eval_retrieval_*``, ``eval_hierarchy_*``, ``eval_geometry_*`` and ``eval_traverse`` files;
+* a metrics table: the run's settings, then a section per registered evaluation (:mod:`euclip.eval.registry`:
+  zero-shot, retrieval, hierarchy metrics, geometry diagnostics, traversals, and whatever is registered next) with
+  its metrics, from ``results.json`` (:func:`euclip.eval.runner.evaluate_run`) or, where that lacks an evaluation,
+  from the run's ``eval_<name>_*.json`` files;
 * training curves from ``metrics.jsonl``: loss, logit scale, mean embedding norms;
 * norm histograms per modality, the mean caption norm per caption level, cone satisfaction;
 * 2-D embedding views: PCA of images and captions, and for hyperbolic runs the Poincaré disk;
@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from euclip.eval.registry import evaluations
+from euclip.runs import RunDir, read_json
+
 __all__ = ["load_run", "metrics_table", "write_report"]
 
 IMAGE_COLOR, TEXT_COLOR = "#1f77b4", "#ff7f0e"
@@ -35,13 +38,6 @@ RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", 
 # ----------------------------------------------------------------------------------------------------------------
 # Reading run directories
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -55,11 +51,10 @@ def _read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def _first_eval(run: Path, kind: str) -> dict | None:
-    # Prefer the synthetic test split (comparable across runs), then any other data, in name order.
-    files = sorted(run.glob(f"eval_{kind}*.json"), key=lambda p: ("synthetic_test" not in p.name, p.name))
-    for f in files:
-        data = _read_json(f)
+def _first_eval_file(run: RunDir, name: str) -> dict | None:
+    # A single `euclip eval NAME` result, the synthetic test split's first (comparable across runs).
+    for f in run.eval_files(name):
+        data = read_json(f)
         if isinstance(data, dict):
             data.setdefault("source_file", f.name)
             return data
@@ -70,20 +65,23 @@ def load_run(run_dir: str | Path) -> dict:
     """Everything the report uses from one run directory (missing files give ``None`` / empty lists).
 
     Returns:
-        ``{"dir", "name", "config", "summary", "results", "metrics", "retrieval", "hierarchy", "geometry",
-        "traversal"}``.
+        ``{"dir", "name", "config", "summary", "metrics", "evaluations": {name: result or None}}``, each registered
+        evaluation's result from ``results.json`` or, where that lacks it, from the run's ``eval_<name>_*.json``.
     """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"no such run directory: {run}")
-    out = {"dir": str(run), "name": run.name, "config": _read_json(run / "config.json") or {},
-           "summary": _read_json(run / "summary.json") or {}, "results": _read_json(run / "results.json") or {},
-           "metrics": _read_metrics(run / "metrics.jsonl")}
-    everything = _read_json(run / "eval_all.json") or {}
-    for kind in ("retrieval", "hierarchy", "geometry", "traversal"):
-        out[kind] = everything.get(kind) or _first_eval(run, "traverse" if kind == "traversal" else kind)
-    if not out["config"] and everything.get("model"):
-        out["config"] = {"model": everything["model"].get("config", {})}
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"no such run directory: {run.path}")
+    results = read_json(run.results) or {}
+    stored = results.get("evaluations") or {}
+    out = {"dir": str(run.path), "name": run.name, "config": run.read_config(),
+           "summary": read_json(run.summary) or {}, "metrics": _read_metrics(run.metrics), "evaluations": {}}
+    for name in evaluations():
+        result = stored.get(name)
+        if result is not None:
+            result = {**result, "source_file": RunDir.RESULTS}
+        out["evaluations"][name] = result or _first_eval_file(run, name)
+    if not out["config"] and results.get("model"):
+        out["config"] = {"model": results["model"].get("config", {})}
     return out
 
 
@@ -101,63 +99,26 @@ def _get(d: dict | None, *keys):
 
 
 def metrics_table(run: dict) -> dict[str, dict[str, tuple[object, str]]]:
-    """``{section: {row label: (value, format)}}`` for one run.
+    """``{section: {row label: (value, format)}}`` for one run: its settings, then one section per registered
+    evaluation with that evaluation's metrics.
 
     The format is ``"pct"`` (a fraction shown as a percentage), ``"num"``, ``"int"`` or ``"str"``.
     """
     cfg, model = run["config"], run["config"].get("model", {})
-    geo, ret, hier, trav = run["geometry"], run["retrieval"], run["hierarchy"], run["traversal"]
     table: dict[str, dict[str, tuple[object, str]]] = {}
     table["Run"] = {
         "preset": (cfg.get("preset"), "str"), "geometry": (model.get("geometry"), "str"),
         "logit": (model.get("logit"), "str"), "final LayerNorm": (model.get("final_ln"), "str"),
-        "entailment weight": (cfg.get("entailment_weight"), "num"),
+        "loss": (cfg.get("loss"), "str"), "entailment weight": (cfg.get("entailment_weight"), "num"),
         "steps": (run["summary"].get("steps") or cfg.get("steps"), "int"),
         "batch size": (cfg.get("batch_size"), "int"),
         "final loss": (run["summary"].get("final_loss"), "num"),
         "logit scale t": (run["summary"].get("logit_scale"), "num"),
         "curvature c": (run["summary"].get("curvature"), "num"),
     }
-    res = run["results"]
-    table["Zero-shot shape classification"] = {
-        "top-1 (test)": (res.get("zeroshot_test_top1"), "pct"), "top-5 (test)": (res.get("zeroshot_test_top5"), "pct"),
-        "top-1 (held-out combinations)": (res.get("zeroshot_heldout_top1"), "pct"),
-    }
-    table["Retrieval"] = {f"{name} R@{k}": (_get(ret, key, f"R@{k}"), "pct")
-                          for key, name in (("image_to_text", "image→text"), ("text_to_image", "text→image"))
-                          for k in (1, 5, 10)}
-    table["Retrieval"]["pairs"] = (_get(ret, "num_texts"), "int")
-    table["Hierarchy (top-1 zero-shot predictions)"] = {
-        "top-1": (_get(hier, "top1"), "pct"),
-        "tree-induced error (TIE) ↓": (_get(hier, "conventions", "hycoclip", "tie"), "num"),
-        "LCA error, HyCoCLIP ↓": (_get(hier, "conventions", "hycoclip", "lca"), "num"),
-        "LCA error, inclusive ↓": (_get(hier, "conventions", "inclusive", "lca"), "num"),
-        "Jaccard, HyCoCLIP": (_get(hier, "conventions", "hycoclip", "jaccard"), "num"),
-        "Jaccard, inclusive": (_get(hier, "conventions", "inclusive", "jaccard"), "num"),
-        "hier. precision, inclusive": (_get(hier, "conventions", "inclusive", "hier_precision"), "num"),
-        "hier. recall, inclusive": (_get(hier, "conventions", "inclusive", "hier_recall"), "num"),
-    }
-    used = _get(geo, "norm_used")
-    levels = _get(geo, "levels", "per_level") or {}
-    table["Geometry"] = {
-        "norm shown": ({"tower": "tower output", "manifold": "from origin"}.get(used), "str"),
-        "mean image norm": (_get(geo, "norms", used, "image", "mean") if used else None, "num"),
-        "mean text norm": (_get(geo, "norms", used, "text", "mean") if used else None, "num"),
-        "P(image farther than text)": (_get(geo, "separation_auc"), "num"),
-        "images inside caption's cone": (_get(geo, "cones", "fraction"), "pct"),
-        "… for mismatched pairs": (_get(geo, "cones", "fraction_mismatched"), "pct"),
-        **{f"mean text norm, level {k}": (v.get("mean"), "num") for k, v in sorted(levels.items())},
-        "Spearman(level, text norm)": (_get(geo, "levels", "spearman"), "num"),
-        "Kendall(level, text norm)": (_get(geo, "levels", "kendall"), "num"),
-        "effective rank, image": (_get(geo, "effective_rank", "image"), "num"),
-        "effective rank, text": (_get(geo, "effective_rank", "text"), "num"),
-    }
-    table["Traversals"] = {
-        "captions on true ancestor chain": (_get(trav, "on_path"), "pct"),
-        "walks with non-increasing level": (_get(trav, "monotone"), "pct"),
-        "walks ending on a root caption": (_get(trav, "reaches_root"), "pct"),
-        "distinct captions per walk": (_get(trav, "mean_length"), "num"),
-    }
+    for name, evaluation in evaluations().items():
+        result = run["evaluations"].get(name)
+        table[evaluation.title] = {m.label: (m.value(result), m.fmt) for m in evaluation.metrics}
     return table
 
 
@@ -218,17 +179,17 @@ def _plot_curves(runs: list[dict], path: Path) -> str | None:
 
 
 def _plot_norms(runs: list[dict], path: Path) -> str | None:
-    shown = [r for r in runs if _get(r["geometry"], "norm_used")]
+    shown = [r for r in runs if _get(r["evaluations"]["geometry"], "norm_used")]
     if not shown:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(4.3 * len(shown), 3.2), squeeze=False)
     for ax, r in zip(axes[0], shown):
-        used = r["geometry"]["norm_used"]
-        h = r["geometry"]["norms"][used]["histogram"]
+        used = r["evaluations"]["geometry"]["norm_used"]
+        h = r["evaluations"]["geometry"]["norms"][used]["histogram"]
         for modality, color in (("image", IMAGE_COLOR), ("text", TEXT_COLOR)):
             ax.stairs(h[modality], h["edges"], fill=True, alpha=0.5, color=color, label=modality)
-        ax.set_title(f"{r['label']} ({r['geometry']['geometry']})", fontsize=10)
+        ax.set_title(f"{r['label']} ({r['evaluations']['geometry']['geometry']})", fontsize=10)
         ax.set_xlabel("tower-output norm (before normalisation)" if used == "tower" else "distance from origin",
                       fontsize=9)
         ax.legend(fontsize=8)
@@ -238,8 +199,8 @@ def _plot_norms(runs: list[dict], path: Path) -> str | None:
 
 
 def _plot_levels_and_cones(runs: list[dict], path: Path) -> str | None:
-    with_levels = [r for r in runs if _get(r["geometry"], "levels", "per_level")]
-    with_cones = [r for r in runs if _get(r["geometry"], "cones", "fraction") is not None]
+    with_levels = [r for r in runs if _get(r["evaluations"]["geometry"], "levels", "per_level")]
+    with_cones = [r for r in runs if _get(r["evaluations"]["geometry"], "cones", "fraction") is not None]
     if not with_levels and not with_cones:
         return None
     plt = _pyplot()
@@ -247,7 +208,7 @@ def _plot_levels_and_cones(runs: list[dict], path: Path) -> str | None:
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
     # One panel per run, in its own units: geometries measure norms differently, the trend is what compares.
     for ax, r in zip(axes[0], with_levels):
-        lv = r["geometry"]["levels"]
+        lv = r["evaluations"]["geometry"]["levels"]
         per = lv["per_level"]
         levels = sorted(per, key=int)
         means = [per[k]["mean"] for k in levels]
@@ -263,8 +224,8 @@ def _plot_levels_and_cones(runs: list[dict], path: Path) -> str | None:
     if with_cones:
         ax_c = axes[0][-1]
         names = [r["label"] for r in with_cones]
-        matched = [r["geometry"]["cones"]["fraction"] for r in with_cones]
-        mismatched = [r["geometry"]["cones"].get("fraction_mismatched") or 0.0 for r in with_cones]
+        matched = [r["evaluations"]["geometry"]["cones"]["fraction"] for r in with_cones]
+        mismatched = [r["evaluations"]["geometry"]["cones"].get("fraction_mismatched") or 0.0 for r in with_cones]
         x = list(range(len(names)))
         ax_c.bar([i - 0.2 for i in x], matched, 0.4, label="own image", color="#2ca02c")
         ax_c.bar([i + 0.2 for i in x], mismatched, 0.4, label="another image", color="#7f7f7f")
@@ -279,7 +240,7 @@ def _plot_levels_and_cones(runs: list[dict], path: Path) -> str | None:
 
 
 def _plot_views(run: dict, path: Path) -> str | None:
-    views = _get(run["geometry"], "views")
+    views = _get(run["evaluations"]["geometry"], "views")
     if not views or "pca" not in views:
         return None
     plt = _pyplot()
@@ -365,7 +326,7 @@ def _table_html(runs: list[dict], tables: list[dict]) -> str:
 
 def _walks_html(run: dict, limit: int = 8) -> str:
     esc = html.escape
-    examples = (_get(run["traversal"], "examples") or [])[:limit]
+    examples = (_get(run["evaluations"]["traversal"], "examples") or [])[:limit]
     if not examples:
         return ""
     items = []
@@ -374,7 +335,7 @@ def _walks_html(run: dict, limit: int = 8) -> str:
         steps = " → ".join(f"<span class='{'on' if w['on_path'] else 'off'}'>{esc(w['caption'])}</span>"
                            f"<span class='tag'> [{w['level']}]</span>" for w in ex["walk"])
         items.append(f"<li><b>{esc(im.get('color', ''))} {esc(im.get('shape', ''))}</b>: {steps}</li>")
-    root = esc(str(_get(run["traversal"], "root") or ""))
+    root = esc(str(_get(run["evaluations"]["traversal"], "root") or ""))
     return (f"<h3>{esc(run['label'])} <span class='meta'>(walk to: {root})</span></h3>"
             f"<ul class='walks'>{''.join(items)}</ul>")
 
@@ -455,8 +416,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
     report = {"title": title, "figures": {k: v for k, v in figures.items() if v} | {f"views:{k}": v
                                                                                    for k, v in views.items() if v},
               "runs": [{"label": r["label"], "dir": r["dir"], "config": r["config"],
-                        "sources": {k: (_get(r[k], "source_file") or ("eval_all.json" if r[k] else None))
-                                    for k in ("retrieval", "hierarchy", "geometry", "traversal")},
+                        "sources": {k: _get(v, "source_file") for k, v in r["evaluations"].items()},
                         "metrics": {section: {label: v for label, (v, _) in rows.items()}
                                     for section, rows in table.items()}}
                        for r, table in zip(runs, tables)]}

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import torch
 
 from euclip import geometry as geom
-from euclip.eval.embed import DataSpec, Embeddings, curvature_of, embed
+from euclip.eval.embed import Embeddings
+from euclip.eval.registry import EvalContext, Metric, register_evaluation
 
-__all__ = ["evaluate_retrieval", "retrieval_from_embeddings", "retrieval_metrics"]
+__all__ = ["retrieval", "retrieval_from_embeddings", "retrieval_metrics"]
 
 
 def _merge_topk(values: torch.Tensor, indices: torch.Tensor, new_values: torch.Tensor, new_indices: torch.Tensor,
@@ -114,16 +115,26 @@ def retrieval_from_embeddings(emb: Embeddings, ks: Sequence[int] = (1, 5, 10), c
                              chunk)
 
 
-def evaluate_retrieval(model, spec: DataSpec, device: torch.device | str = "cpu", ks: Sequence[int] = (1, 5, 10),
-                       chunk: int = 1024, progress: bool = True) -> dict:
-    """Embed ``spec``'s pairs with ``model`` in batches and compute retrieval recall@k.
+def _recall(direction: str, k: int) -> Metric:
+    arrow = "image→text" if direction == "image_to_text" else "text→image"
+    return Metric(f"{direction}_R@{k}", f"{arrow} R@{k}", (direction, f"R@{k}"), "pct")
 
-    Returns:
-        :func:`retrieval_metrics`' dictionary plus ``"data"`` (the spec), ``"geometry"``, ``"logit"``,
-        ``"curvature"``, ``"chunk"`` and ``"skipped_images"``.
-    """
-    emb = embed(model, spec, device, progress=progress, desc="retrieval: embed")
-    results = retrieval_from_embeddings(emb, ks, chunk)
-    results.update(data=spec.describe(), geometry=model.geometry, logit=model.logit, curvature=curvature_of(model),
-                   chunk=chunk, skipped_images=emb.skipped)
+
+@register_evaluation(
+    "retrieval", title="Retrieval", requires=("captions",), settings=("ks", "chunk"),
+    summary="image→text and text→image recall@1/5/10 with the model's geometry",
+    description="Zero-shot retrieval: every image is scored against every caption with the geometry's own logit "
+                "(computed in blocks, so 100k pairs fit in memory); an image counts as retrieved if any of its "
+                "captions is in its top k, a caption if its image is. Rows of a CSV that share an image path are one "
+                "image with several captions.",
+    metrics=(*(_recall(d, k) for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)),
+             Metric("mean_recall", "mean recall", ("mean_recall",), "pct"),
+             Metric("pairs", "pairs", ("num_texts",), "int", None)),
+    examples=("euclip eval retrieval runs/meru --num-samples 2000",
+              "euclip eval retrieval runs/meru --dataset-type csv --data val.tsv --csv-img-key filepath"))
+def retrieval(ctx: EvalContext) -> dict:
+    emb = ctx.embeddings()
+    results = retrieval_from_embeddings(emb, ctx.settings.ks, ctx.settings.chunk)
+    results.update(geometry=emb.geometry, logit=emb.logit, curvature=emb.curvature, chunk=ctx.settings.chunk,
+                   skipped_images=emb.skipped)
     return results

@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from euclip import geometry as geom
-from euclip.eval.embed import DataSpec, curvature_of, embed, embed_texts
+from euclip.eval.embed import embed_texts
+from euclip.eval.registry import EvalContext, Metric, register_evaluation
 from euclip.geometry.hyperbolic import exp_map0, log_map0
 from euclip.tree import Tree
 
@@ -40,7 +41,7 @@ __all__ = [
     "interpolation_path",
     "nearest_captions",
     "root_point",
-    "run_traversal",
+    "traversal",
     "slerp",
     "traversal_scores",
     "traverse_embeddings",
@@ -196,24 +197,25 @@ def format_walk(captions: Sequence[str]) -> str:
     return " → ".join(captions)
 
 
+@register_evaluation(
+    "traversal", title="Traversals", requires=("attributes",),
+    settings=("traversal_images", "traversal_steps", "traversal_examples"),
+    summary="walk image embeddings toward the root and retrieve captions along the way",
+    description="MERU's image traversals for every geometry: from each synthetic image's embedding, step toward the "
+                "root (euclidean: straight to the origin; hyperbolic: the geodesic to the origin; elliptic: the great "
+                "circle to the normalised mean of the root captions) and retrieve the best caption of the shape "
+                "taxonomy's caption pool at each step. Reports how often the retrieved captions lie on the image's "
+                "true ancestor chain and how often the walk only gets more generic, with examples.",
+    metrics=(Metric("on_path", "captions on true ancestor chain", ("on_path",), "pct"),
+             Metric("monotone", "walks with non-increasing level", ("monotone",), "pct"),
+             Metric("reaches_root", "walks ending on a root caption", ("reaches_root",), "pct"),
+             Metric("mean_length", "distinct captions per walk", ("mean_length",), "num", None)),
+    examples=("euclip eval traversal runs/meru --num-images 200", "euclip traverse runs/meru --num-images 200"),
+    details=lambda r: [f"[{ex['image']['color']} {ex['image']['shape']}] " + format_walk(w["caption"] for w in ex["walk"])
+                       for ex in r["examples"]])
 @torch.no_grad()
-def run_traversal(model, num_images: int = 100, steps: int = 20, split: str = "test", seed: int = 0,
-                  device: torch.device | str = "cpu", num_examples: int = 8, batch_size: int = 128,
-                  progress: bool = True, embeddings=None) -> dict:
-    """Traversals of synthetic images with the canonical caption pool of the shape taxonomy.
-
-    Args:
-        model: a GeometricCLIP.
-        num_images: synthetic images to walk.
-        steps: interpolation steps per walk.
-        split: synthetic split.
-        seed: synthetic dataset seed.
-        device: the model's device.
-        num_examples: walks written out as text examples.
-        batch_size: images per forward pass.
-        progress: show progress bars.
-        embeddings: an :class:`~euclip.eval.embed.Embeddings` of synthetic images to reuse instead of embedding
-            ``num_images`` new ones (the first ``num_images`` are walked).
+def traversal(ctx: EvalContext) -> dict:
+    """Traversals of the first ``traversal_images`` synthetic images with the canonical caption pool.
 
     Returns:
         Scores (:func:`traversal_scores`), ``"examples"`` (``{"image": attributes, "walk": [{"caption", "level",
@@ -221,32 +223,26 @@ def run_traversal(model, num_images: int = 100, steps: int = 20, split: str = "t
     """
     from euclip.data.synthetic import caption_pool, shape_taxonomy
 
-    pool = caption_pool()
-    tree = shape_taxonomy()
-    spec = DataSpec("synthetic", split=split, num_samples=num_images, seed=seed, batch_size=batch_size)
-    emb = embeddings if embeddings is not None else embed(model, spec, device, progress, desc="traverse: embed")
-    if emb.image_info is None:
-        raise ValueError("traversals need synthetic images (their true shapes)")
-    n = min(num_images, emb.num_images)
-    pool_emb, _ = embed_texts(model, [c for c, _, _ in pool], device)
+    model, settings = ctx.model, ctx.settings
+    pool, tree = caption_pool(), shape_taxonomy()
+    emb = ctx.embeddings()
+    n, steps = min(settings.traversal_images, emb.num_images), settings.traversal_steps
+    pool_emb, _ = embed_texts(model, [c for c, _, _ in pool], ctx.device)
     leaves = [info["shape"] for info in emb.image_info[:n]]
-    images = emb.image[:n]
-    walks = []
-    scores: dict = {}
-    for s in tqdm(range(0, n, 64), desc="traverse", disable=not progress, leave=False):
-        part = traverse_embeddings(images[s:s + 64], pool_emb, pool, leaves[s:s + 64], tree, model.geometry,
-                                   model.logit, curvature_of(model), steps)
+    walks, scores = [], {}
+    for s in tqdm(range(0, n, 64), desc="traverse", disable=not ctx.progress, leave=False):
+        part = traverse_embeddings(emb.image[:n][s:s + 64], pool_emb, pool, leaves[s:s + 64], tree, model.geometry,
+                                   model.logit, emb.curvature, steps)
         walks += part.pop("walks")
         scores["root"] = part["root"]
     scores.update(traversal_scores(walks, [p[2] for p in pool], [p[1] for p in pool], leaves, tree))
     examples = []
-    for i in range(min(num_examples, n)):
+    for i in range(min(settings.traversal_examples, n)):
         chain = set(tree.ancestors(leaves[i], include_self=True))
-        info = emb.image_info[i]
         walk = [{"caption": pool[j][0], "level": pool[j][1], "node": pool[j][2], "on_path": pool[j][2] in chain}
                 for j in walks[i]]
-        image = {k: info[k] for k in ("shape", "family", "color", "size", "position", "background")}
+        image = {k: emb.image_info[i][k] for k in ("shape", "family", "color", "size", "position", "background")}
         examples.append({"image": image, "walk": walk})
-    scores.update(examples=examples, steps=steps, num_images=n, pool_size=len(pool), split=split, seed=seed,
-                  geometry=model.geometry, logit=model.logit, curvature=curvature_of(model))
+    scores.update(examples=examples, steps=steps, num_images=n, pool_size=len(pool), split=ctx.spec.split,
+                  seed=ctx.spec.seed, geometry=model.geometry, logit=model.logit, curvature=emb.curvature)
     return scores

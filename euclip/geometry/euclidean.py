@@ -71,15 +71,6 @@ def _signed_distance_power(x: torch.Tensor, y: torch.Tensor, power: int, sign: f
     return _SignedDistancePower.apply(x, y, (x * x).sum(-1), (y * y).sum(-1), power, sign)
 
 
-def squared_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pairwise ``||x - y||^2 = ||x||^2 + ||y||^2 - 2 x·y``, ``(B1, B2)``, clamped at 0.
-
-    Rounding can make the expansion slightly negative for near-identical points; the clamp keeps the
-    square root (in :func:`distance`) real.
-    """
-    return _signed_distance_power(x, y, 2, 1.0)
-
-
 def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Pairwise ``||x - y||``, ``(B1, B2)``; the gradient at ``x = y`` is 0 (a subgradient) instead of NaN."""
     return _signed_distance_power(x, y, 1, 1.0)

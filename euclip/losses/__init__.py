@@ -8,9 +8,9 @@
 
 from euclip.losses.base import LOSSES, HeadScalars, Loss, LossOutput, build_loss, check_loss, register_loss
 from euclip.losses.contrastive import ContrastiveLoss, contrastive_loss, logit_stats
-from euclip.losses.gather import distributed_world, gather_features
+from euclip.losses.gather import distributed_world, gather_features, single_process
 
 __all__ = [
     "LOSSES", "ContrastiveLoss", "HeadScalars", "Loss", "LossOutput", "build_loss", "check_loss",
-    "contrastive_loss", "distributed_world", "gather_features", "logit_stats", "register_loss",
+    "contrastive_loss", "distributed_world", "gather_features", "logit_stats", "register_loss", "single_process",
 ]

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn
 
+_LOCAL_ONLY = [False]
+
 
 def distributed_world() -> int:
-    """The number of processes in the default group (1 without one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """The number of processes a loss spans: the default group's size (1 without one, or inside
+    :func:`single_process`)."""
+    if _LOCAL_ONLY[0] or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Compute losses over this process's features alone, even inside a process group (e.g. a validation
+    loss computed on the main process while the others wait)."""
+    before = _LOCAL_ONLY[0]
+    _LOCAL_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY[0] = before
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LATEST = "latest.pt"
+from euclip.runs import RunDir
 
 
 def _tmp_path(path: Path) -> Path:
@@ -94,9 +94,9 @@ def save_checkpoint(checkpoint_dir: Path, step: int, state: dict, keep: int = 2)
     ``latest.pt`` is a hard link to (or a copy of) the step file, so the state is serialised once.
     """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / f"step_{step:08d}.pt"
+    path = checkpoint_dir / RunDir.step_file_name(step)
     atomic_save(state, path)
-    _atomic_link(path, checkpoint_dir / LATEST)
+    _atomic_link(path, checkpoint_dir / RunDir.LATEST)
     for old in sorted(checkpoint_dir.glob("step_*.pt"))[:-max(keep, 1)]:
         old.unlink(missing_ok=True)
     return path
@@ -106,10 +106,10 @@ def find_checkpoint(resume: str, output: str | Path) -> Path:
     """Resolve ``--resume``: ``latest`` (in the run directory), a run directory, or a checkpoint file."""
     candidates = []
     if resume == "latest":
-        candidates.append(Path(output) / "checkpoints" / LATEST)
+        candidates.append(RunDir(output).latest)
     else:
         p = Path(resume)
-        candidates += [p / "checkpoints" / LATEST, p] if p.is_dir() else [p]
+        candidates += [RunDir(p).latest, p] if p.is_dir() else [p]
     for c in candidates:
         if c.is_file():
             return c

@@ -51,7 +51,23 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
         dev = torch.device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if world_size > 1:
+        _host_group()  # every process creates it now, together (a collective)
     return DistInfo(rank, local_rank, world_size), dev
+
+
+_HOST_GROUP: list = []
+
+
+def _host_group():
+    """A gloo group over all processes for small host-side exchanges (``None``: the default group is gloo already).
+
+    Exchanging CPU tensors over NCCL would copy them to the GPU and back, waiting for the device's queue.
+    """
+    if not _HOST_GROUP or _HOST_GROUP[0][0] is not dist.group.WORLD:
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        _HOST_GROUP[:] = [(dist.group.WORLD, group)]
+    return _HOST_GROUP[0][1]
 
 
 def barrier() -> None:
@@ -59,10 +75,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
-    """``(K,)`` tensor from every process -> ``(W, K)``, rank order (``(1, K)`` without a process group)."""
+def all_gather_rows(values: torch.Tensor, host: bool = False) -> torch.Tensor:
+    """``(K,)`` tensor from every process -> ``(W, K)``, rank order (``(1, K)`` without a process group).
+
+    ``host``: ``values`` is a CPU tensor exchanged over the host (gloo) group, never touching an accelerator.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values[None]
     out = [torch.empty_like(values) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, values.contiguous())
+    dist.all_gather(out, values.contiguous(), group=_host_group() if host else None)
     return torch.stack(out)

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from euclip.runs import RunDir
+
 
 class MetricsLogger:
     """Appends one JSON line per logged step to ``metrics.jsonl`` and the same scalars to TensorBoard.
@@ -25,7 +27,7 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / "metrics.jsonl"
+        path = RunDir(run_dir).metrics
         if resume_step is not None and path.is_file():
             _truncate_after(path, resume_step)
         self._file = open(path, "a")
@@ -33,7 +35,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = {"purge_step": resume_step + 1} if resume_step is not None else {}
-            self._writer = SummaryWriter(str(run_dir / "tensorboard"), **purge)
+            self._writer = SummaryWriter(str(RunDir(run_dir).tensorboard), **purge)
         except ImportError:  # TensorBoard is optional; the JSON lines carry the same numbers
             self._writer = None
 
@@ -46,7 +48,8 @@ class MetricsLogger:
             step = metrics["step"]
             for key, value in metrics.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._writer.add_scalar(f"train/{key}", value, step)
+                    # Keys with a section ("val/loss") keep it; the training step's own go under train/.
+                    self._writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
 
     def close(self) -> None:
         if self._file is not None:

@@ -10,16 +10,33 @@ from euclip.model import GeometricCLIP
 from euclip.train.config import TrainConfig
 
 
-def build_optimizer(model: GeometricCLIP, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; no weight decay for the names in ``model.no_weight_decay()`` (gains, biases, head scalars)."""
+def build_optimizer(model: GeometricCLIP, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Fused AdamW; no weight decay for the names in ``model.no_weight_decay()`` (gains, biases, head scalars).
+
+    Fused (on CPUs too): one kernel per device and dtype, and it can skip a step on the device
+    (:func:`step_if_finite`), so a non-finite step costs no host synchronisation.
+    """
     no_decay = model.no_weight_decay()
     decay_params, other_params = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (other_params if name in no_decay else decay_params).append(p)
     groups = [{"params": decay_params, "weight_decay": cfg.wd}, {"params": other_params, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             fused=device.type == "cuda" or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """``optimizer.step()``, which leaves weights and moments untouched where ``finite`` (a 0-d bool tensor) is False.
+
+    Decided on the device, without reading ``finite``: the fused AdamW kernel takes a ``found_inf`` flag, the
+    mechanism ``torch.amp.GradScaler`` uses for optimizers that support it.
+    """
+    optimizer.grad_scale = None
+    optimizer.found_inf = (~finite).float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:

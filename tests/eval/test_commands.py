@@ -1,8 +1,4 @@
-"""The evaluation commands end to end on untrained tiny models: JSON written, data and settings recorded.
-
-The parser is ``euclip.cli.build_parser()`` with :func:`add_eval_subcommands` / :func:`add_top_level_subcommands`
-added (unless cli.py already wires them), so this also checks that the new sub-commands fit next to the old ones.
-"""
+"""The evaluation commands end to end on untrained tiny models: JSON written, data and settings recorded."""
 
 from __future__ import annotations
 
@@ -16,24 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from euclip.eval.commands import add_eval_subcommands, add_top_level_subcommands, full_evaluation, run_dir_of
+from euclip.cli import build_parser
+from euclip.data.sources import DataSpec
+from euclip.eval.registry import EvalSettings
+from euclip.eval.runner import evaluate_run
 from euclip.model import GeometricCLIP
+from euclip.runs import RunDir
 from euclip.train.config import resolve_config
 
 FAST = ["--batch-size", "8", "--device", "cpu", "--no-progress"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from euclip.cli import build_parser as cli_parser
-
-    parser = cli_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    eval_sub = next(a for a in sub.choices["eval"]._actions if isinstance(a, argparse._SubParsersAction))
-    if "retrieval" not in eval_sub.choices:  # not yet wired into cli.py
-        add_eval_subcommands(eval_sub)
-    if "traverse" not in sub.choices:
-        add_top_level_subcommands(sub)
-    return parser
 
 
 def run_cli(argv: list[str]) -> argparse.Namespace:
@@ -64,18 +51,23 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_full_evaluation(runs):
-    out = full_evaluation(runs["meru"], num_samples=24, progress=False, device="cpu", traversal_images=6, steps=4)
-    saved = read(runs["meru"] / "eval_all.json")
-    assert saved["retrieval"] == out["retrieval"]
+def test_evaluate_run_writes_every_evaluation(runs):
+    settings = EvalSettings(traversal_images=6, traversal_steps=4)
+    out = evaluate_run(runs["meru"], spec=DataSpec(num_samples=24), settings=settings, device="cpu", progress=False)
+    saved = read(runs["meru"] / "results.json")
+    assert saved["evaluations"]["retrieval"] == out["evaluations"]["retrieval"]
+    assert set(saved["evaluations"]) == {"zeroshot", "retrieval", "hierarchy", "geometry", "traversal"}
     assert saved["model"]["path"] == str(runs["meru"]) and saved["model"]["config"]["geometry"] == "hyperbolic"
     assert saved["data"] == {"dataset_type": "synthetic", "split": "test", "num_samples": 24, "seed": 0,
                              "batch_size": 128, "workers": 0}
     assert saved["settings"]["min_radius"] == 0.1 and saved["settings"]["traversal_images"] == 6
+    saved = saved["evaluations"]
     assert saved["retrieval"]["num_images"] == 24 and set(saved["retrieval"]["image_to_text"]) == {"R@1", "R@5",
                                                                                                     "R@10"}
     assert set(saved["hierarchy"]["conventions"]) == {"hycoclip", "inclusive"}
     assert saved["hierarchy"]["num_samples"] == 24
+    # The hierarchy metrics score the zero-shot evaluation's own predictions.
+    assert saved["hierarchy"]["top1"] == saved["zeroshot"]["top1"]
     geo = saved["geometry"]
     assert 0 <= geo["cones"]["fraction"] <= 1 and 0 <= geo["separation_auc"] <= 1
     assert set(geo["levels"]["per_level"]) <= {"0", "1", "2", "3", "4"}
@@ -184,7 +176,7 @@ def test_hierarchy_folder_with_wordnet(runs, tmp_path):
 
 def test_traverse_command(runs, capsys):
     run_cli(["traverse", str(runs["meru"]), "--num-images", "4", "--steps", "3", "--examples", "2", *FAST])
-    saved = read(runs["meru"] / "eval_traverse.json")
+    saved = read(runs["meru"] / "eval_traversal_synthetic_test.json")
     assert saved["num_walks"] == 4 and len(saved["examples"]) == 2 and saved["root"] == "origin"
     assert saved["model"]["config"]["geometry"] == "hyperbolic" and saved["steps"] == 3
     assert "→" in capsys.readouterr().out or all(len(ex["walk"]) == 1 for ex in saved["examples"])
@@ -194,14 +186,15 @@ def test_report_command_evaluates_missing_runs(runs, tmp_path):
     out = tmp_path / "report"
     run_cli(["report", str(runs["euclip"]), str(runs["meru"]), "--output", str(out), "--num-samples", "12",
              "--device", "cpu", "--no-progress"])
-    assert (runs["euclip"] / "eval_all.json").is_file()
+    assert "traversal" in read(runs["euclip"] / "results.json")["evaluations"]
     page = (out / "index.html").read_text()
     assert "<table" in page and "euclip" in page and "meru" in page
     report = read(out / "report.json")
     assert [r["label"] for r in report["runs"]] == ["euclip", "meru"]
 
 
-@pytest.mark.parametrize("argv", [["eval", "retrieval"], ["eval", "hierarchy"], ["eval", "geometry"], ["traverse"],
+@pytest.mark.parametrize("argv", [["eval", "zeroshot"], ["eval", "retrieval"], ["eval", "hierarchy"],
+                                  ["eval", "geometry"], ["eval", "traversal"], ["eval", "all"], ["traverse"],
                                   ["report"]])
 def test_help_explains_with_an_example(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -221,8 +214,23 @@ def test_bad_inputs(runs, tmp_path):
         run_cli(["traverse", str(tmp_path), *FAST])
 
 
-def test_run_dir_of(tmp_path):
+def test_run_dir_of_a_checkpoint(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    assert run_dir_of(tmp_path) == tmp_path
-    assert run_dir_of(tmp_path / "checkpoints" / "latest.pt") == tmp_path
-    assert run_dir_of(tmp_path / "model.pt") == tmp_path
+    assert RunDir.of(tmp_path).path == tmp_path
+    assert RunDir.of(tmp_path / "checkpoints" / "latest.pt").path == tmp_path
+    assert RunDir.of(tmp_path / "model.pt").path == tmp_path
+
+
+def test_results_of_a_bare_checkpoint_go_beside_it(runs, tmp_path):
+    # A checkpoint outside any run directory (/data/models/m.pt): its results are written in /data/models, for
+    # every command alike (zero-shot used to write into /data).
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    checkpoint = models / "m.pt"
+    checkpoint.write_bytes((runs["euclip"] / "checkpoints" / "latest.pt").read_bytes())
+    run_cli(["eval", "zeroshot", str(checkpoint), "--num-samples", "8", *FAST])
+    run_cli(["eval", "retrieval", str(checkpoint), "--num-samples", "8", *FAST])
+    assert sorted(p.name for p in models.iterdir()) == ["eval_retrieval_synthetic_test.json",
+                                                        "eval_zeroshot_synthetic_test.json", "m.pt"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["models"]
+    assert read(models / "eval_zeroshot_synthetic_test.json")["model"]["run_dir"] == str(models)

@@ -36,7 +36,7 @@ def fake_embeddings(geometry: str, logit: str, n: int = 60, d: int = 8) -> Embed
 
 
 def make_run(root: Path, preset: str) -> Path:
-    """A run directory as the trainer and full_evaluation leave it, with made-up numbers."""
+    """A run directory as the trainer and `euclip eval all` leave it, with made-up numbers."""
     geometry, logit = GEOMETRIES[preset]
     run = root / preset
     run.mkdir(parents=True)
@@ -48,12 +48,12 @@ def make_run(root: Path, preset: str) -> Path:
         json.dumps({"step": s, "loss": 4 - s / 20 + 0.1 * len(preset), "logit_scale": 10 + s / 10,
                     "norm_image": 1 + s / 60, "norm_text": 1 - s / 120}) + "\n" for s in range(10, 40, 10)))
     (run / "summary.json").write_text(json.dumps({"steps": 30, "final_loss": 2.5, "logit_scale": 13.0}))
-    (run / "results.json").write_text(json.dumps({"zeroshot_test_top1": 0.5, "zeroshot_heldout_top1": 0.25}))
     emb = fake_embeddings(geometry, logit)
     walk = [{"caption": "a red triangle", "level": 3, "node": "triangle", "on_path": True},
             {"caption": "a circle", "level": 2, "node": "circle", "on_path": False},
             {"caption": "a shape", "level": 0, "node": "shape", "on_path": True}]
     evaluation = {
+        "zeroshot": {"top1": 0.5, "top5": 0.75, "tasks": {"heldout_shape": {"top1": 0.25}}},
         "retrieval": retrieval_metrics(emb.image, emb.text, emb.text_to_image, geometry, logit),
         "hierarchy": {"top1": 0.4, "num_samples": 60, "tree": "shapes",
                       "conventions": {"hycoclip": {"top1": 0.4, "tie": 1.9, "lca": 1.5, "jaccard": 0.7,
@@ -65,7 +65,7 @@ def make_run(root: Path, preset: str) -> Path:
                       "mean_length": 3.0, "num_walks": 4, "root": "origin",
                       "examples": [{"image": {"shape": "triangle", "color": "red"}, "walk": walk}]},
     }
-    (run / "eval_all.json").write_text(json.dumps(evaluation))
+    (run / "results.json").write_text(json.dumps({"evaluations": evaluation}))
     return run
 
 
@@ -94,18 +94,21 @@ def test_report_files(report):
             assert im.format == "PNG"
     data = json.loads((report.parent / "report.json").read_text())
     assert [r["label"] for r in data["runs"]] == ["clip", "euclip", "meru"]
-    assert data["runs"][2]["metrics"]["Geometry"]["images inside caption's cone"] is not None
-    assert data["runs"][0]["metrics"]["Geometry"]["images inside caption's cone"] is None  # elliptic: no cones
-    assert data["runs"][0]["sources"]["retrieval"] == "eval_all.json"
+    cone = "images inside their caption's entailment cone"
+    assert data["runs"][2]["metrics"]["Geometry"][cone] is not None
+    assert data["runs"][0]["metrics"]["Geometry"][cone] is None  # elliptic: no cones
+    assert data["runs"][0]["sources"]["retrieval"] == "results.json"
 
 
 def test_table_values(report, tmp_path):
     run = load_run(report.parent.parent / "runs" / "meru")
     table = metrics_table(run)
     assert table["Run"]["geometry"] == ("hyperbolic", "str")
-    assert table["Zero-shot shape classification"]["top-1 (test)"] == (0.5, "pct")
+    zeroshot = table["Zero-shot classification"]
+    assert zeroshot["top-1 (shapes on synthetic data)"] == (0.5, "pct")
+    assert zeroshot["shape top-1, held-out combinations"] == (0.25, "pct")
     assert table["Hierarchy (top-1 zero-shot predictions)"]["LCA error, inclusive ↓"] == (0.9, "num")
-    assert table["Retrieval"]["image→text R@1"][0] == run["retrieval"]["image_to_text"]["R@1"]
+    assert table["Retrieval"]["image→text R@1"][0] == run["evaluations"]["retrieval"]["image_to_text"]["R@1"]
     page = report.read_text()
     assert "50.0 %" in page and "a red triangle" in page and "class='off'" in page
 
@@ -121,7 +124,8 @@ def test_missing_files_leave_blanks(tmp_path):
 
 
 def test_poincare_view_points_inside_disk(report):
-    views = json.loads((report.parent.parent / "runs" / "meru" / "eval_all.json").read_text())["geometry"]["views"]
+    views = json.loads((report.parent.parent / "runs" / "meru" / "results.json").read_text())
+    views = views["evaluations"]["geometry"]["views"]
     points = views["poincare"]["image"] + views["poincare"]["text"]
     assert points and max(math.hypot(x, y) for x, y in points) < 1
 

@@ -29,7 +29,7 @@ from euclip.train.config import resolve_config  # noqa: E402
 
 def run(job: dict) -> str:
     rank = dist.get_rank()
-    original = loop._train_step
+    original = loop.train_step
     if job.get("sigterm_rank") == rank:
         calls = [0]
 
@@ -40,7 +40,7 @@ def run(job: dict) -> str:
                 os.kill(os.getpid(), signal.SIGTERM)  # only this process: the others must follow it
             return out
 
-        loop._train_step = step_then_sigterm
+        loop.train_step = step_then_sigterm
     try:
         if "cli" in job:
             return f"exit {cli.main(job['cli'])}"
@@ -51,7 +51,7 @@ def run(job: dict) -> str:
     except (ValueError, RuntimeError) as e:
         return f"{type(e).__name__}: {e}"
     finally:
-        loop._train_step = original
+        loop.train_step = original
 
 
 def main() -> None:

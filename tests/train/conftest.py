@@ -95,13 +95,13 @@ _KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     if kind == "step":
-        original_step = loop._train_step
+        original_step = loop.train_step
 
         def step(*args, **kwargs):
             die_at_nth()
             return original_step(*args, **kwargs)
 
-        loop._train_step = step
+        loop.train_step = step
     else:
         original_save = checkpoint.torch.save
 

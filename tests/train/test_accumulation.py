@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from euclip.train.config import resolve_config
-from euclip.train.data import GlobalBatchSampler
+from euclip.data.sampling import GlobalBatchSampler
 from euclip.train.distributed import DistInfo
 from euclip.train.loop import train
 
@@ -14,14 +14,14 @@ SGD_LIKE = dict(lr=0.05, eps=1.0, wd=0.0)
 
 
 def test_accumulated_micro_batches_are_the_big_batch_in_order():
-    big = iter(GlobalBatchSampler(100, 16, seed=1, dist_info=DistInfo(), start_step=4))
-    small = iter(GlobalBatchSampler(100, 8, seed=1, dist_info=DistInfo(), start_step=4, accum_freq=2))
+    big = iter(GlobalBatchSampler(100, 16, seed=1, start_step=4))
+    small = iter(GlobalBatchSampler(100, 8, seed=1, start_step=4, accum_freq=2))
     for _ in range(10):  # crosses epoch boundaries (6 steps per epoch)
         assert next(small) + next(small) == next(big)
     # Accumulation and processes together: micro-batch m of process r is slice r of the m-th W·B chunk.
-    procs = [iter(GlobalBatchSampler(100, 4, seed=1, dist_info=DistInfo(r, r, 2), start_step=4, accum_freq=2))
+    procs = [iter(GlobalBatchSampler(100, 4, seed=1, rank=r, world_size=2, start_step=4, accum_freq=2))
              for r in range(2)]
-    big = iter(GlobalBatchSampler(100, 16, seed=1, dist_info=DistInfo(), start_step=4))
+    big = iter(GlobalBatchSampler(100, 16, seed=1, start_step=4))
     for _ in range(10):
         micro = [[next(p) for p in procs] for _ in range(2)]
         assert micro[0][0] + micro[0][1] + micro[1][0] + micro[1][1] == next(big)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from euclip.train.config import resolve_config
-from euclip.train.data import GlobalBatchSampler
+from euclip.data.sampling import GlobalBatchSampler
 from euclip.train.distributed import DistInfo
 from euclip.train.loop import train
 
@@ -105,7 +105,7 @@ def test_sigterm_on_one_process_stops_all_at_the_same_step_and_resumes_exactly(r
     assert outcomes["clip/sigterm-resume"] == ["exit 0", "exit 0"]
     run = root / "clip" / "sigterm"
     results = json.loads((run / "results.json").read_text())  # written once, by rank 0
-    assert 0 <= results["zeroshot_test_top1"] <= 1
+    assert 0 <= results["metrics"]["zeroshot.top1"] <= 1
     # Process 1 was signalled during step 1; the processes agree on it before step 2 and stop after it.
     assert [m["step"] for m in th.metrics(run)] == [1, 2, 3]
     assert th.max_abs_diff(th.model_state(run), th.model_state(root / "clip" / "reference")) <= TOLERANCE
@@ -128,8 +128,8 @@ def test_uneven_batches_are_cut_to_the_smallest(runs, th):
 
 
 def test_processes_take_disjoint_slices_that_make_up_the_global_batch():
-    one = iter(GlobalBatchSampler(100, 16, seed=3, dist_info=DistInfo(0, 0, 1), start_step=2))
-    two = [iter(GlobalBatchSampler(100, 8, seed=3, dist_info=DistInfo(r, r, 2), start_step=2)) for r in range(2)]
+    one = iter(GlobalBatchSampler(100, 16, seed=3, rank=0, world_size=1, start_step=2))
+    two = [iter(GlobalBatchSampler(100, 8, seed=3, rank=r, world_size=2, start_step=2)) for r in range(2)]
     for _ in range(8):  # crosses the epoch boundary (6 steps per epoch)
         whole = next(one)
         halves = [next(t) for t in two]

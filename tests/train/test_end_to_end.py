@@ -37,12 +37,13 @@ def test_synthetic_train_resume_eval(tmp_path, tiny_train_args, preset):
     resumed = load_model(run)
     changed = any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), resumed.state_dict().values()))
     assert changed, "resumed training did not update the weights"
-    results = json.loads((run / "results.json").read_text())
-    assert 0 <= results["zeroshot_test_top1"] <= 1 and 0 <= results["zeroshot_heldout_top1"] <= 1
+    metrics = json.loads((run / "results.json").read_text())["metrics"]
+    assert 0 <= metrics["zeroshot.top1"] <= 1 and 0 <= metrics["zeroshot.heldout_shape_top1"] <= 1
 
     assert main(["eval", "zeroshot", str(run), "--num-samples", "32", "--split", "heldout", "--device", "cpu"]) == 0
-    heldout = json.loads((run / "eval_zeroshot_heldout.json").read_text())
+    heldout = json.loads((run / "eval_zeroshot_synthetic_heldout.json").read_text())
     assert heldout["num_samples"] == 32 and set(heldout) >= {"top1", "top5", "per_class"}
+    assert "heldout_shape" not in heldout["tasks"]  # the held-out split is the data itself here
 
 
 def _write_csv_dataset(root, n=40):
@@ -85,5 +86,5 @@ def test_csv_train_resume_eval(tmp_path, tiny_train_args):
     (tmp_path / "templates.txt").write_text("a {} square.\na photo of a {}.\n")
     assert main(["eval", "zeroshot", str(run), "--data", str(folder), "--templates", str(tmp_path / "templates.txt"),
                  "--device", "cpu"]) == 0
-    result = json.loads((run / "eval_zeroshot_folder.json").read_text())
+    result = json.loads((run / "eval_zeroshot_folder.json").read_text())  # one name per data source
     assert result["num_samples"] == 6 and result["classes"] == ["blue", "red"]

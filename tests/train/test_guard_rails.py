@@ -10,7 +10,7 @@ import torch
 
 from euclip.cli import main
 from euclip.train import checkpoint as ckpt
-from euclip.train.data import GlobalBatchSampler
+from euclip.data.sampling import GlobalBatchSampler
 from euclip.train.distributed import DistInfo
 
 
@@ -45,7 +45,7 @@ def test_divergence_stops_with_a_named_step_and_keeps_the_checkpoint(tmp_path, t
 @pytest.mark.slow
 def test_an_empty_batch_is_a_skipped_step_at_its_data_position(tmp_path, th):
     # 8 rows in batches of 4; every row of the first batch (of the seed-0 permutation) is unreadable.
-    first = next(iter(GlobalBatchSampler(8, 4, seed=0, dist_info=DistInfo())))
+    first = next(iter(GlobalBatchSampler(8, 4, seed=0)))
     csv = th.write_csv_dataset(tmp_path / "data", 8, bad={index for _, index in first})
     run = tmp_path / "run"
     args = th.base_args(dataset_type="csv", train_data=csv, batch_size=4, steps=2, save_every_steps=1, output=run)

@@ -9,8 +9,7 @@ import torch
 from euclip.cli import main
 from euclip.data.synthetic import COLORS, SHAPE_SYNONYMS
 from euclip.train.config import resolve_config
-from euclip.train.data import build_train_data
-from euclip.train.distributed import DistInfo
+from euclip.data.sources import StreamPosition, get_source
 
 
 def test_entailment_weight_ramps_over_its_warmup():
@@ -34,7 +33,8 @@ def test_logged_schedules_follow_the_flags(tmp_path, th):
 
 def test_synthetic_caption_levels_reach_the_training_stream():
     cfg = resolve_config({"steps": 2, "batch_size": 32, "workers": 0, "synthetic_caption_levels": (0, 0, 1, 0, 0)})
-    data = build_train_data(cfg, lambda captions: torch.zeros(len(captions), 1, dtype=torch.long), 32, DistInfo(), 0)
+    data = get_source("synthetic").train_stream(cfg.data_options(), lambda captions: torch.zeros(len(captions), 1,
+                                                dtype=torch.long), 32, StreamPosition())
     captions = next(iter(data.loader)).captions
     shape_words = [w for synonyms in SHAPE_SYNONYMS.values() for w in synonyms]
     assert len(captions) == 32

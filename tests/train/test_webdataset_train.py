@@ -78,7 +78,7 @@ def test_interrupted_then_resumed_is_exact(tmp_path, th, shards, monkeypatch):
                         save_every_steps=2, lr=0.05, eps=1.0, wd=0.0)
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert main(["train", "--no-eval", *args, "--output", str(reference)]) == 0
-    calls, original = [0], loop._train_step
+    calls, original = [0], loop.train_step
 
     def step_or_die(*a, **k):
         calls[0] += 1
@@ -86,7 +86,7 @@ def test_interrupted_then_resumed_is_exact(tmp_path, th, shards, monkeypatch):
             raise Interrupted
         return original(*a, **k)
 
-    monkeypatch.setattr(loop, "_train_step", step_or_die)
+    monkeypatch.setattr(loop, "train_step", step_or_die)
     with pytest.raises(Interrupted):
         main(["train", "--no-eval", *args, "--output", str(run)])
     monkeypatch.undo()
