@@ -11,6 +11,12 @@ the chosen manifold with :func:`euclip.geometry.project` and holds the learnable
 The towers' final LayerNorm (vision ``ln_post``, text ``ln_final``) can be removed, the paper's
 "no final LayerNorm" switch: a LayerNorm fixes the norm of what the projection sees, which the
 Euclidean and hyperbolic geometries would otherwise use to carry information.
+
+Models converted from other code (:mod:`euclip.interop`) may carry two more things in their config:
+other towers (``towers="meru"``: MERU's timm ViT and text transformer, architecture in
+``tower_config``) and the image normalisation their towers were trained with (``image_mean``,
+``image_std``). Every euclip data pipeline feeds images normalised with :data:`PIPELINE_MEAN` /
+:data:`PIPELINE_STD`; such a model converts them to its own normalisation at the image tower's input.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from euclip import geometry as geom
 from euclip.configs import build_towers
 
 CURVATURE_RANGE = (0.1, 10.0)
+TOWERS: tuple[str, ...] = ("openclip", "meru")
+# What euclip's image transforms produce (euclip.data.transforms.image_transform's defaults): the input
+# convention of every GeometricCLIP.
+PIPELINE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+PIPELINE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 @dataclass
@@ -41,8 +52,25 @@ class ModelConfig:
     curvature: float = 1.0  # initial c of the hyperbolic geometry
     learn_curvature: bool = True
     image_size: int | None = None  # None: the model config's own
+    # Other code's towers and image normalisation (euclip.interop); the defaults are euclip's own models.
+    towers: str = "openclip"  # "openclip" (OpenCLIP or euclip configs, by `model`) or "meru"
+    tower_config: dict | None = None  # the architecture of non-OpenCLIP towers (towers="meru": MeruArch fields)
+    image_mean: tuple[float, ...] | None = None  # normalisation the towers expect; None: PIPELINE_MEAN
+    image_std: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        if self.towers not in TOWERS:
+            raise ValueError(f"unknown towers {self.towers!r}; valid: {', '.join(TOWERS)}")
+        if self.towers != "openclip" and not self.tower_config:
+            raise ValueError(f"towers={self.towers!r} needs a tower_config (its architecture)")
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("give image_mean and image_std together (or neither)")
+        if self.image_mean is not None:
+            # JSON round trips give lists; tuples keep configs comparable with ==.
+            self.image_mean, self.image_std = tuple(map(float, self.image_mean)), tuple(map(float, self.image_std))
+            if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+                raise ValueError(f"image_mean and image_std need 3 values (std > 0), got {self.image_mean}, "
+                                 f"{self.image_std}")
         geom.check_geometry(self.geometry)
         geom.check_logit(self.logit)
         if self.max_logit_scale < 1:
@@ -62,15 +90,25 @@ class GeometricCLIP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.towers, self.embed_dim, self.image_size, self.context_length = build_towers(config.model,
-                                                                                         config.image_size)
+        if config.towers == "meru":
+            from euclip.interop.meru_towers import build_meru_towers
+
+            if not config.final_ln:
+                raise ValueError("MERU's towers keep their final LayerNorms: use final_ln=True with towers='meru'")
+            self.towers, self.embed_dim, self.image_size, self.context_length = build_meru_towers(config.tower_config)
+        else:
+            self.towers, self.embed_dim, self.image_size, self.context_length = build_towers(config.model,
+                                                                                             config.image_size)
         # OpenCLIP's own logit scale/bias are replaced by the head's; an unused parameter would also
         # break DistributedDataParallel.
         for name in ("logit_scale", "logit_bias"):
             if hasattr(self.towers, name):
                 delattr(self.towers, name)
-        if not config.final_ln:
+        if not config.final_ln and config.towers == "openclip":
             remove_final_layernorms(self.towers, config.model)
+        self._normalization_hook = None
+        if config.image_mean is not None:
+            self.set_image_normalization(config.image_mean, config.image_std)
         self.log_logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         if config.geometry == "hyperbolic":
             self.log_curvature = nn.Parameter(torch.tensor(math.log(config.curvature)),
@@ -82,6 +120,22 @@ class GeometricCLIP(nn.Module):
     @property
     def geometry(self) -> str:
         return self.config.geometry
+
+    def set_image_normalization(self, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> None:
+        """Make the image tower see ``(pixel − mean) / std`` (``None``: :data:`PIPELINE_MEAN`/``STD``, as built).
+
+        The model's inputs stay euclip-normalised (:data:`PIPELINE_MEAN`, :data:`PIPELINE_STD`); a forward
+        pre-hook on the image tower maps them, per channel, to what the towers were trained with. Recorded
+        in ``config.image_mean``/``image_std``, so checkpoints carry it.
+        """
+        if self._normalization_hook is not None:
+            self._normalization_hook.remove()
+            self._normalization_hook = None
+        self.config.image_mean = None if mean is None else tuple(map(float, mean))
+        self.config.image_std = None if std is None else tuple(map(float, std))
+        if mean is not None and (self.config.image_mean, self.config.image_std) != (PIPELINE_MEAN, PIPELINE_STD):
+            self._normalization_hook = self.towers.visual.register_forward_pre_hook(
+                InputRenormalization(self.config.image_mean, self.config.image_std))
 
     @property
     def logit(self) -> str:
@@ -155,6 +209,24 @@ class GeometricCLIP(nn.Module):
         return asdict(self.config)
 
 
+class InputRenormalization:
+    """Forward pre-hook: images normalised with ``PIPELINE_MEAN``/``STD`` → normalised with ``mean``/``std``.
+
+    ``(p − m) / s = x · (S / s) + (M − m) / s`` for ``x = (p − M) / S``: one affine map per channel on the
+    ``(B, 3, H, W)`` input. A class (not a closure) so models with the hook still pickle and deep-copy.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.scale = tuple(ps / s for ps, s in zip(PIPELINE_STD, std))
+        self.shift = tuple((pm - m) / s for pm, m, s in zip(PIPELINE_MEAN, mean, std))
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x, *rest = args
+        scale = torch.tensor(self.scale, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        shift = torch.tensor(self.shift, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (torch.addcmul(shift, x, scale), *rest)
+
+
 def remove_final_layernorms(towers: nn.Module, model_name: str) -> None:
     """Replace the vision ``ln_post`` and text ``ln_final`` LayerNorms by identities."""
     visual = towers.visual
@@ -180,11 +252,20 @@ def load_model(path: str, device: str | torch.device = "cpu") -> GeometricCLIP:
     from pathlib import Path
 
     p = Path(path)
+    if p.is_dir() and not (p / "checkpoints" / "latest.pt").is_file():
+        from euclip.interop import load_checkpoint  # the run directory of another code (OpenCLIP's, MERU's)
+
+        return load_checkpoint(p).to(device).eval()
     if p.is_dir():
         p = p / "checkpoints" / "latest.pt"
     if not p.is_file():
         raise FileNotFoundError(f"no checkpoint at {p}")
     checkpoint = torch.load(p, map_location=device, weights_only=False)
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
+            and "model" in checkpoint["config"]):
+        from euclip.interop import load_checkpoint  # another code's checkpoint: detect and convert it
+
+        return load_checkpoint(p, loaded=checkpoint).to(device).eval()
     config = ModelConfig(**checkpoint["config"]["model"])
     model = GeometricCLIP(config).to(device)
     model.load_state_dict(checkpoint["model"])

@@ -19,7 +19,7 @@ from euclip.presets import PRESETS
 
 # Modules that add top-level subcommands: each has ``register(subparsers)``, which adds its parser(s) and sets
 # ``func`` (taking the parsed arguments, returning the exit code). Imported only when the parser is built.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("euclip.cli.interop",)
 
 GEOMETRY_CHOICES = list(dict.fromkeys(list(geom.GEOMETRIES) + list(geom.ALIASES)))
 
@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the synthetic test split (and held-out colour-shape combinations).")
     z.add_argument("run", help="run directory or checkpoint file")
     z.add_argument("--data", help="folder with one sub-folder of images per class (ImageNet layout)")
-    z.add_argument("--classnames", help="file with one class name per line, in sorted-folder order; or 'imagenet' "
-                                        "for OpenCLIP's ImageNet-1k names (default: the folder names)")
+    z.add_argument("--classnames", help="file of 'folder<TAB>name' lines, or one class name per line in sorted-folder "
+                                        "order (checked); or 'imagenet' for OpenCLIP's ImageNet-1k names (default: "
+                                        "the folder names)")
     z.add_argument("--templates", help="file with one prompt template per line containing {}; or 'openai' for "
                                        "OpenCLIP's 80 ImageNet templates (default: the synthetic templates)")
     z.add_argument("--split", default="test", choices=["test", "heldout"], help="synthetic split")

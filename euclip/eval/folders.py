@@ -22,18 +22,11 @@ def read_lines(path: str | Path, what: str) -> list[str]:
 
 
 def resolve_classnames(spec: str | None, folder_classes: list[str]) -> list[str]:
-    """Class names from a file (one per line, sorted-folder order), ``imagenet`` (OpenCLIP's), or the folder names."""
-    if spec is None:
-        return [c.replace("_", " ") for c in folder_classes]
-    if spec == "imagenet":
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    """Class names: a ``folder<TAB>name`` mapping file, a plain list in sorted-folder order (checked), ``imagenet``
+    (OpenCLIP's), or the folder names; see :mod:`euclip.eval.classnames`."""
+    from euclip.eval.classnames import resolve_classnames as resolve
 
-        names = list(IMAGENET_CLASSNAMES)
-    else:
-        names = read_lines(spec, "class-names")
-    if len(names) != len(folder_classes):
-        raise ValueError(f"{len(names)} class names for {len(folder_classes)} class folders ({spec})")
-    return names
+    return resolve(spec, folder_classes)
 
 
 def resolve_templates(spec: str | None) -> list[str]:
