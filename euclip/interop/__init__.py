@@ -107,6 +107,8 @@ def read_foreign(path: str | Path, source: str = "auto", geometry: str | None = 
         raise ValueError(f"unknown --source {source!r}; valid: {', '.join(SOURCES)}")
     raw = read_checkpoint(path, loaded)
     detected, why = (source, "--source") if source != "auto" else detect_source(raw, geometry, model_config)
+    if source not in ("auto", "euclip"):
+        _check_forced_source(raw, source)
     log.info("%s: %s checkpoint (%s)", raw.path, detected, why)
     what = f"{detected} checkpoint {raw.path}"
     base = {"format": detected, "path": str(raw.path), "detected_by": why}
@@ -141,6 +143,23 @@ def read_foreign(path: str | Path, source: str = "auto", geometry: str | None = 
                              "params": {k: v for k, v in params.items()},
                              "params_file": str(params_file) if params_file else None}, train)
     raise ValueError(f"unknown source {detected!r}")
+
+
+def _check_forced_source(raw: RawCheckpoint, source: str) -> None:
+    """A forced ``--source`` whose keys are another layout's: say so (instead of a confusing later failure)."""
+    from euclip.interop.detect import KNOWN_PREFIXES, MARKERS
+
+    layout = "meru" if source == "meru" else "openclip"
+    actual = layout_of(raw.state_dict)
+    if actual == layout:
+        return
+    keys = set(raw.state_dict)
+    missing = [k for k in MARKERS[layout] if k not in keys]
+    unexpected = [k for k in raw.state_dict if not k.startswith(KNOWN_PREFIXES[layout])]
+    names = {"meru": "MERU's", "openclip": "OpenCLIP's"}
+    found = f"it has {names[actual]} keys" if actual else "its keys are neither MERU's nor OpenCLIP's"
+    raise ValueError(f"--source {source}: {raw.path} is not in {names[layout]} layout ({found}; missing "
+                     f"{first(missing)}; unexpected {first(unexpected)}); try --source auto")
 
 
 def load_checkpoint(path: str | Path, source: str = "auto", geometry: str | None = None,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from euclip.interop.openclip import OPENCLIP_MEAN, OPENCLIP_STD
-from euclip.interop.paper import params_lines, paper_geometry, paper_model_name, to_paper_state_dict
+from euclip.interop.paper import params_lines, paper_geometry, paper_model_name, to_paper_state_dict, with_head
 from euclip.model import PIPELINE_MEAN, PIPELINE_STD, GeometricCLIP
 from euclip.train.checkpoint import atomic_save
 
@@ -102,7 +102,7 @@ def export_openclip(model: GeometricCLIP, path: str | Path) -> Path:
     affine = input_affine(model, OPENCLIP_MEAN, OPENCLIP_STD)
     if affine is not None:
         sd = fold_input_normalization(sd, affine, what)
-    sd["logit_scale"] = model.log_logit_scale.detach().clone()
+    sd = with_head(sd, {"logit_scale": model.log_logit_scale.detach().clone()})
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(sd, p)

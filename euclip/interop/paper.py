@@ -173,8 +173,13 @@ def to_paper_state_dict(model: GeometricCLIP) -> dict[str, torch.Tensor]:
         extras.update(alpha_img=model.log_alpha_image.detach().clone(),
                       alpha_txt=model.log_alpha_text.detach().clone(),
                       curvature=model.log_curvature.detach().clone())
-    own = [k for k in towers if "." not in k]  # the CLIP module's own tensors come first in its state dict
-    return {**{k: towers[k] for k in own}, **extras, **{k: v for k, v in towers.items() if k not in own}}
+    return with_head(towers, extras)
+
+
+def with_head(towers: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An OpenCLIP ``CLIP`` state dict in its order: its own tensors, then ``head`` (its scalars), then sub-modules."""
+    own = [k for k in towers if "." not in k]
+    return {**{k: towers[k] for k in own}, **head, **{k: v for k, v in towers.items() if k not in own}}
 
 
 def paper_model_name(config: ModelConfig) -> str:
