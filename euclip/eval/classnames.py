@@ -67,8 +67,8 @@ def check_plain_list(names: list[str], folder_classes: list[str], source: str) -
              if _normal(n) in folders and folders[_normal(n)] != i]
     if moved:
         name, at, where = moved[0]
-        raise ValueError(f"{source}: line {at + 1} names {name!r}, but that is class folder {where + 1} in sorted order "
-                         f"({len(moved)} name(s) are at other positions than their folders): a plain list must "
+        raise ValueError(f"{source}: line {at + 1} names {name!r}, but that is class folder {where + 1} in sorted "
+                         f"order ({len(moved)} name(s) are at other positions than their folders): a plain list must "
                          f"follow the sorted folder names ({', '.join(folder_classes[:4])}, ...); write it in that "
                          "order, or give a mapping file with 'folder<TAB>name' lines")
     if len(folder_classes) > 1 and all(f.isdigit() for f in folder_classes):

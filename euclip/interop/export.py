@@ -49,7 +49,7 @@ def save_native(model: GeometricCLIP, path: str | Path, source: dict | None = No
 
 def input_affine(model: GeometricCLIP, mean: tuple[float, ...], std: tuple[float, ...]
                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(a, b)`` with towers' input ``= a·x + b`` for ``x`` normalised by ``mean``/``std``; None if ``a = 1, b = 0``."""
+    """``(a, b)``: the towers' input is ``a·x + b`` for ``x`` normalised by ``mean``/``std`` (None: the identity)."""
     t_mean = model.config.image_mean or PIPELINE_MEAN
     t_std = model.config.image_std or PIPELINE_STD
     if tuple(t_mean) == tuple(mean) and tuple(t_std) == tuple(std):

@@ -34,7 +34,7 @@ import torch
 
 from euclip.interop.common import build_and_load, scalar
 from euclip.interop.detect import RawCheckpoint
-from euclip.interop.meru_towers import MERU_VIT_ARCHS, MeruArch, sincos_pos_embed
+from euclip.interop.meru_towers import MeruArch, sincos_pos_embed
 from euclip.model import CURVATURE_RANGE, GeometricCLIP, ModelConfig
 
 log = logging.getLogger(__name__)

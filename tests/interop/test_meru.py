@@ -201,7 +201,8 @@ def test_state_dict_keeps_merus_names_and_frozen_positions(ih, tmp_path):
     torch.save(ckpt, tmp_path / "m.pth")
     model = load_checkpoint(tmp_path / "m.pth")
     towers = {k.removeprefix("towers."): v for k, v in model.state_dict().items() if k.startswith("towers.")}
-    meru_towers = {k: v for k, v in ckpt["model"].items() if k.startswith(("visual.", "textual.", "visual_proj.", "textual_proj."))}
+    meru_towers = {k: v for k, v in ckpt["model"].items()
+                   if k.startswith(("visual.", "textual.", "visual_proj.", "textual_proj."))}
     assert set(towers) == set(meru_towers)
     assert all(torch.equal(towers[k], meru_towers[k]) for k in towers)
     assert not model.towers.visual.pos_embed.requires_grad  # MERU keeps its sin-cos embedding fixed
