@@ -14,8 +14,10 @@
 normalisation (its ``pixel_mean``/``pixel_std`` buffers, applied to ``[0, 1]`` pixels) is the
 GeometricCLIP's ``image_mean``/``image_std``, not part of these towers.
 
-MERU pads a batch of token sequences with zeros to its longest one; euclip's tokenizer pads to the context
-length. With the causal mask the ``[EOS]`` feature never sees the padding, so both give the same features.
+MERU's tokenizer (``meru/tokenizer.py``) is OpenCLIP's: the same BPE vocabulary file, merges, text cleaning and
+token pattern, with ``[SOS]``/``[EOS]`` and the same truncation (keep ``context_length`` tokens, the last one
+``[EOS]``). MERU pads a batch of token sequences with zeros to its longest one, euclip's tokenizer to the context
+length; with the causal mask the ``[EOS]`` feature never sees the padding, so both give the same features.
 """
 
 from __future__ import annotations
