@@ -11,6 +11,12 @@ the chosen manifold with :func:`euclip.geometry.project` and holds the learnable
 The towers' final LayerNorm (vision ``ln_post``, text ``ln_final``) can be removed, the paper's
 "no final LayerNorm" switch: a LayerNorm fixes the norm of what the projection sees, which the
 Euclidean and hyperbolic geometries would otherwise use to carry information.
+
+Models converted from other code (:mod:`euclip.interop`) may carry two more things in their config:
+other towers (``towers="meru"``: MERU's timm ViT and text transformer, architecture in
+``tower_config``) and the image normalisation their towers were trained with (``image_mean``,
+``image_std``). Every euclip data pipeline feeds images normalised with :data:`PIPELINE_MEAN` /
+:data:`PIPELINE_STD`; such a model converts them to its own normalisation at the image tower's input.
 """
 
 from __future__ import annotations
@@ -27,9 +33,14 @@ from euclip import geometry as geom
 from euclip.configs import build_towers, default_tokenizer
 from euclip.losses.base import HeadScalars
 from euclip.options import option
-from euclip.runs import checkpoint_path
+from euclip.runs import RunDir, checkpoint_path
 
 CURVATURE_RANGE = (0.1, 10.0)
+TOWERS: tuple[str, ...] = ("openclip", "meru")
+# What euclip's image transforms produce (euclip.data.transforms.image_transform's defaults): the input
+# convention of every GeometricCLIP.
+PIPELINE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+PIPELINE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 def _geometry_names() -> list[str]:
@@ -66,11 +77,30 @@ class ModelConfig:
     tokenizer: str | None = option(None, group="model", metavar="NAME",
                                    help="the OpenCLIP model name whose tokenizer the text tower reads",
                                    default_text="the model's own (CLIP's BPE for tiny and small)")
+    # Other code's towers and image normalisation (euclip.interop); the defaults are euclip's own models.
+    towers: str = option("openclip", cli=False, help="'openclip' (OpenCLIP or euclip configs, by `model`) or 'meru'")
+    tower_config: dict | None = option(None, cli=False, help="the architecture of non-OpenCLIP towers (MeruArch)")
+    image_mean: tuple[float, ...] | None = option(None, cli=False, help="normalisation the towers expect",
+                                                  default_text="PIPELINE_MEAN")
+    image_std: tuple[float, ...] | None = option(None, cli=False, help="normalisation the towers expect",
+                                                 default_text="PIPELINE_STD")
 
     def __post_init__(self):
+        if self.towers not in TOWERS:
+            raise ValueError(f"unknown towers {self.towers!r}; valid: {', '.join(TOWERS)}")
+        if self.towers != "openclip" and not self.tower_config:
+            raise ValueError(f"towers={self.towers!r} needs a tower_config (its architecture)")
         if self.tokenizer is None:
             # Resolved here, so that config.json and checkpoints record the tokenizer the run was trained with.
-            self.tokenizer = default_tokenizer(self.model)
+            self.tokenizer = default_tokenizer(self.model) if self.towers == "openclip" else "ViT-B-32"
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("give image_mean and image_std together (or neither)")
+        if self.image_mean is not None:
+            # JSON round trips give lists; tuples keep configs comparable with ==.
+            self.image_mean, self.image_std = tuple(map(float, self.image_mean)), tuple(map(float, self.image_std))
+            if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+                raise ValueError(f"image_mean and image_std need 3 values (std > 0), got {self.image_mean}, "
+                                 f"{self.image_std}")
         geom.check_geometry(self.geometry)
         geom.check_logit(self.logit)
         if self.max_logit_scale < 1:
@@ -90,15 +120,25 @@ class GeometricCLIP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.towers, self.embed_dim, self.image_size, self.context_length = build_towers(config.model,
-                                                                                         config.image_size)
+        if config.towers == "meru":
+            from euclip.interop.meru_towers import build_meru_towers
+
+            if not config.final_ln:
+                raise ValueError("MERU's towers keep their final LayerNorms: use final_ln=True with towers='meru'")
+            self.towers, self.embed_dim, self.image_size, self.context_length = build_meru_towers(config.tower_config)
+        else:
+            self.towers, self.embed_dim, self.image_size, self.context_length = build_towers(config.model,
+                                                                                             config.image_size)
         # OpenCLIP's own logit scale/bias are replaced by the head's; an unused parameter would also
         # break DistributedDataParallel.
         for name in ("logit_scale", "logit_bias"):
             if hasattr(self.towers, name):
                 delattr(self.towers, name)
-        if not config.final_ln:
+        if not config.final_ln and config.towers == "openclip":
             remove_final_layernorms(self.towers, config.model)
+        self._normalization_hook = None
+        if config.image_mean is not None:
+            self.set_image_normalization(config.image_mean, config.image_std)
         self.log_logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         if config.geometry == "hyperbolic":
             self.log_curvature = nn.Parameter(torch.tensor(math.log(config.curvature)),
@@ -113,6 +153,22 @@ class GeometricCLIP(nn.Module):
     @property
     def geometry(self) -> str:
         return self.config.geometry
+
+    def set_image_normalization(self, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> None:
+        """Make the image tower see ``(pixel − mean) / std`` (``None``: :data:`PIPELINE_MEAN`/``STD``, as built).
+
+        The model's inputs stay euclip-normalised (:data:`PIPELINE_MEAN`, :data:`PIPELINE_STD`); a forward
+        pre-hook on the image tower maps them, per channel, to what the towers were trained with. Recorded
+        in ``config.image_mean``/``image_std``, so checkpoints carry it.
+        """
+        if self._normalization_hook is not None:
+            self._normalization_hook.remove()
+            self._normalization_hook = None
+        self.config.image_mean = None if mean is None else tuple(map(float, mean))
+        self.config.image_std = None if std is None else tuple(map(float, std))
+        if mean is not None and (self.config.image_mean, self.config.image_std) != (PIPELINE_MEAN, PIPELINE_STD):
+            self._normalization_hook = self.towers.visual.register_forward_pre_hook(
+                InputRenormalization(self.config.image_mean, self.config.image_std))
 
     @property
     def logit(self) -> str:
@@ -198,6 +254,24 @@ class GeometricCLIP(nn.Module):
         return asdict(self.config)
 
 
+class InputRenormalization:
+    """Forward pre-hook: images normalised with ``PIPELINE_MEAN``/``STD`` → normalised with ``mean``/``std``.
+
+    ``(p − m) / s = x · (S / s) + (M − m) / s`` for ``x = (p − M) / S``: one affine map per channel on the
+    ``(B, 3, H, W)`` input. A class (not a closure) so models with the hook still pickle and deep-copy.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.scale = tuple(ps / s for ps, s in zip(PIPELINE_STD, std))
+        self.shift = tuple((pm - m) / s for pm, m, s in zip(PIPELINE_MEAN, mean, std))
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x, *rest = args
+        scale = torch.tensor(self.scale, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        shift = torch.tensor(self.shift, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (torch.addcmul(shift, x, scale), *rest)
+
+
 def remove_final_layernorms(towers: nn.Module, model_name: str) -> None:
     """Replace the vision ``ln_post`` and text ``ln_final`` LayerNorms by identities."""
     visual = towers.visual
@@ -222,12 +296,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Geometri
     """Load a GeometricCLIP, in eval mode, from a run directory (its latest checkpoint) or a checkpoint file.
 
     This is the one model-loading path of every command. Native euclip checkpoints hold ``{"model": state_dict,
-    "config": {"model": ModelConfig fields, ...}}``.
+    "config": {"model": ModelConfig fields, ...}}``; any other file (or a run directory of another code: the
+    paper's OpenCLIP fork, MERU) is detected and converted by :func:`euclip.interop.load_checkpoint`.
     """
-    checkpoint = torch.load(checkpoint_path(path), map_location=device, weights_only=False)
+    p = Path(path)
+    if p.is_dir() and not RunDir(p).has_checkpoint():
+        from euclip.interop import load_checkpoint  # the run directory of another code (OpenCLIP's, MERU's)
+
+        return load_checkpoint(p).to(device).eval()
+    checkpoint = torch.load(checkpoint_path(p), map_location=device, weights_only=False)
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
             and "model" in checkpoint["config"]):
-        raise ValueError(f"{path}: not a euclip checkpoint (no 'config' with the model settings)")
+        from euclip.interop import load_checkpoint  # another code's checkpoint: detect and convert it
+
+        return load_checkpoint(p, loaded=checkpoint).to(device).eval()
     model = GeometricCLIP(ModelConfig(**checkpoint["config"]["model"])).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval()

@@ -11,6 +11,8 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  # Only its shipped class-name and template files are read: skip its heavy dependencies (transformers, ...).
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps "clip-benchmark>=1.5"
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     missing=()
     dpkg -s wordnet-base >/dev/null 2>&1 || missing+=(wordnet-base)

@@ -140,6 +140,7 @@ class DataSource:
     provides: ClassVar[frozenset[str]]  # "captions", "labels" (class per image), "attributes" (synthetic)
     help: ClassVar[str]
     trainable: ClassVar[bool] = True
+    named_by_folders: ClassVar[bool] = False
 
     def check(self, options: TrainDataOptions, world_size: int = 1) -> None:
         """Validate training options before any work (errors name the flag or file)."""
@@ -158,6 +159,18 @@ class DataSource:
     def eval_batches(self, spec: DataSpec, image_size: int) -> tuple[Iterable[EvalBatch], int | None]:
         """The evaluation batches of ``spec`` and their number (``None`` when unknown)."""
         raise NotImplementedError
+
+    def capabilities(self, spec: DataSpec) -> frozenset[str]:
+        """What ``spec``'s samples provide (a source whose sets differ, e.g. CLIP_benchmark's, looks at the data)."""
+        return self.provides
+
+    def class_names(self, spec: DataSpec) -> list[str] | None:
+        """Labelled sources: the name of each label (the ``class`` of the images' info), in label order."""
+        return None
+
+    def default_templates(self, spec: DataSpec) -> list[str] | None:
+        """Labelled sources that ship prompt templates with the data; ``None``: OpenCLIP's ImageNet ones."""
+        return None
 
 
 DATA_SOURCES: dict[str, DataSource] = {}
@@ -188,7 +201,7 @@ def infer_source(data: str | None) -> str:
     if data is None:
         return "synthetic"
     if Path(data).is_dir():
-        return "folder"
+        return "clip_benchmark" if any((Path(data) / "test").glob("*.tar")) else "folder"
     return "webdataset" if ".tar" in data else "csv"
 
 
@@ -479,6 +492,7 @@ class FolderSource(DataSource):
     provides = frozenset({"labels"})
     help = "one sub-folder of images per class (ImageNet layout; evaluation only)"
     trainable = False
+    named_by_folders = True  # --classnames must name the sub-folders (euclip.eval.classnames checks the order)
 
     def check_eval(self, spec: DataSpec) -> None:
         super().check_eval(spec)
@@ -488,9 +502,15 @@ class FolderSource(DataSource):
     def eval_batches(self, spec: DataSpec, image_size: int):
         return _eval_loader(_LabelledFolder(spec, image_size), spec)
 
+    def class_names(self, spec: DataSpec) -> list[str]:
+        return folder_classes(spec.data)
+
 
 def folder_classes(path: str | Path) -> list[str]:
     """The class names of an image folder, in the order of its labels (sorted sub-folder names)."""
     from torchvision.datasets.folder import find_classes
 
     return find_classes(str(path))[0]
+
+
+import euclip.data.clip_benchmark  # noqa: E402,F401 - registers the clip_benchmark source

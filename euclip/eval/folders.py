@@ -16,21 +16,6 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     return lines
 
 
-def resolve_classnames(spec: str | None, folder_classes: list[str]) -> list[str]:
-    """Class names from a file (one per line, sorted-folder order), ``imagenet`` (OpenCLIP's), or the folder names."""
-    if spec is None:
-        return [c.replace("_", " ") for c in folder_classes]
-    if spec == "imagenet":
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-        names = list(IMAGENET_CLASSNAMES)
-    else:
-        names = read_lines(spec, "class-names")
-    if len(names) != len(folder_classes):
-        raise ValueError(f"{len(names)} class names for {len(folder_classes)} class folders ({spec})")
-    return names
-
-
 def resolve_templates(spec: str | None) -> list[str]:
     """Prompt templates with ``{}``: from a file, ``openai`` (OpenCLIP's 80 ImageNet ones), or ``simple``."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES

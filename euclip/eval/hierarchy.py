@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from euclip.eval.registry import EvalContext, Metric, register_evaluation
+from euclip.eval.registry import EvalContext, Metric, NotApplicable, register_evaluation
 from euclip.tree import Tree
 
 __all__ = ["CONVENTIONS", "METRIC_KEYS", "all_conventions", "hierarchy", "hierarchy_metrics",
@@ -224,8 +224,11 @@ def hierarchy(ctx: EvalContext) -> dict:
     tasks = zeroshot_tasks(ctx)
     task = tasks.get("shape") or tasks["classes"]
     classes = task["classes"]
-    default_tree = "shapes" if "shape" in tasks else "wordnet"
-    tree = ctx.settings.tree or default_tree
+    tree = ctx.settings.tree or ("shapes" if "shape" in tasks else "wordnet")
+    from euclip.eval.wordnet import are_wnids
+
+    if tree == "wordnet" and not are_wnids(classes):
+        raise NotApplicable(f"the classes are not WordNet ids ({classes[0]!r}, ...): give a taxonomy with --tree")
     true = [classes[i] for i in task["labels"].tolist()]
     pred = [classes[i] for i in task["top"][:, 0].tolist()]
     results = {"conventions": all_conventions(load_tree(tree, classes), true, pred),

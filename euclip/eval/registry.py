@@ -27,11 +27,16 @@ from euclip.data.sources import DataSpec
 from euclip.options import option
 from euclip.runs import RunDir
 
-__all__ = ["EVALUATIONS", "EvalContext", "EvalSettings", "Evaluation", "Metric", "evaluations", "get_evaluation",
-           "register_evaluation"]
+__all__ = ["EVALUATIONS", "EvalContext", "EvalSettings", "Evaluation", "Metric", "NotApplicable", "evaluations",
+           "get_evaluation", "register_evaluation"]
 
 BUILTIN_MODULES = ("euclip.eval.zeroshot", "euclip.eval.retrieval", "euclip.eval.hierarchy",
                    "euclip.eval.diagnostics", "euclip.eval.traverse")
+
+
+class NotApplicable(ValueError):
+    """Raised by an evaluation that cannot serve this data after all (hierarchy metrics without a taxonomy):
+    skipped when the evaluations are chosen automatically, an error when asked for by name."""
 
 
 @dataclass
@@ -106,7 +111,7 @@ class Evaluation:
     details: Callable[[dict], list[str]] | None = None  # extra lines for the command's printed summary
 
     def applies_to(self, spec: DataSpec) -> bool:
-        return self.requires <= spec.source.provides
+        return self.requires <= spec.source.capabilities(spec)
 
 
 EVALUATIONS: dict[str, Evaluation] = {}

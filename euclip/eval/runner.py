@@ -15,6 +15,7 @@ zero-shot evaluation and a later ``euclip eval all`` end up in one file.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,11 +24,13 @@ from pathlib import Path
 import torch
 
 from euclip.data.sources import DataSpec
-from euclip.eval.registry import EvalContext, EvalSettings, evaluations, get_evaluation
+from euclip.eval.registry import EvalContext, EvalSettings, NotApplicable, evaluations, get_evaluation
 from euclip.model import load_model, resolve_device
 from euclip.runs import RunDir, checkpoint_path, read_json, write_json
 
 __all__ = ["evaluate", "evaluate_run", "flat_metrics", "model_record"]
+
+log = logging.getLogger(__name__)
 
 
 def model_record(path: str | Path | None, model) -> dict:
@@ -37,8 +40,10 @@ def model_record(path: str | Path | None, model) -> dict:
     record = {"config": model.config_dict(), "curvature": curvature_of(model),
               "logit_scale": float(model.logit_scale.detach())}
     if path is not None:
-        record = {"path": str(path), "checkpoint": str(checkpoint_path(path)), "run_dir": str(RunDir.of(path).path),
-                  **record}
+        run = RunDir.of(path)
+        # Another code's run directory (converted on loading) has no checkpoints/latest.pt: the folder identifies it.
+        checkpoint = checkpoint_path(path) if Path(path).is_file() or run.has_checkpoint() else Path(path)
+        record = {"path": str(path), "checkpoint": str(checkpoint), "run_dir": str(run.path), **record}
     return record
 
 
@@ -49,9 +54,9 @@ def applicable(names: Sequence[str] | None, spec: DataSpec) -> list[str]:
     for name in names:
         evaluation = get_evaluation(name)
         if not evaluation.applies_to(spec):
-            missing = ", ".join(sorted(evaluation.requires - spec.source.provides))
-            raise ValueError(f"evaluation {name!r} needs data with {missing}; --dataset-type {spec.dataset_type} has "
-                             f"{', '.join(sorted(spec.source.provides))}")
+            has = spec.source.capabilities(spec)
+            raise ValueError(f"evaluation {name!r} needs data with {', '.join(sorted(evaluation.requires - has))}; "
+                             f"--dataset-type {spec.dataset_type} ({spec.data}) has {', '.join(sorted(has))}")
     return list(names)
 
 
@@ -75,7 +80,13 @@ def evaluate(model, spec: DataSpec | None = None, names: Sequence[str] | None = 
     results, seconds = {}, {}
     for name in applicable(names, spec):
         start = time.perf_counter()
-        results[name] = get_evaluation(name).fn(ctx)
+        try:
+            results[name] = get_evaluation(name).fn(ctx)
+        except NotApplicable as exn:
+            if names is not None:
+                raise
+            log.info("%s skipped: %s", name, exn)
+            continue
         seconds[name] = time.perf_counter() - start
     return {"data": spec.describe(), "settings": {**asdict(ctx.settings), "min_radius": ctx.min_radius},
             "evaluations": results, "metrics": flat_metrics(results), "seconds": seconds}

@@ -250,6 +250,11 @@ def wordnet_available() -> bool:
 # wnids and synsets
 # ----------------------------------------------------------------------------------------------------------------
 
+def are_wnids(names: Sequence[str]) -> bool:
+    """Whether every name is a wnid (``"n"`` and 8 digits), e.g. ImageNet's class folders."""
+    return bool(names) and all(isinstance(n, str) and _WNID.fullmatch(n) for n in names)
+
+
 def synset_from_wnid(wnid: str, wordnet: WordNetCorpusReader | None = None) -> Synset:
     """The noun synset of a wnid such as ``"n02084071"`` (dog).
 

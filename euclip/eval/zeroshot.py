@@ -11,8 +11,9 @@ The registered evaluation ``zeroshot`` classifies
 * synthetic images by shape (15 classes, the primary task), colour (12) and colour + shape (the 180
   combinations, "compositional"); on the test split also the held-out colour–shape combinations (the
   ``heldout`` split: shapes, and combinations among all 180);
-* an image folder (``--dataset-type folder``) by its sub-folders, with class names and templates from
-  :mod:`euclip.eval.folders`.
+* labelled images (an image folder, ``--dataset-type folder``; a CLIP_benchmark classification set) by their
+  classes, with class names from :mod:`euclip.eval.classnames` (folders) or the set, and templates from
+  :mod:`euclip.eval.folders` or the set.
 """
 
 from __future__ import annotations
@@ -107,15 +108,22 @@ def _synthetic_tasks(ctx: EvalContext) -> dict[str, dict]:
     return tasks
 
 
-def _folder_tasks(ctx: EvalContext) -> dict[str, dict]:
-    from euclip.data.sources import folder_classes
-    from euclip.eval.folders import resolve_templates
+def _labelled_tasks(ctx: EvalContext) -> dict[str, dict]:
+    """Images with class labels (an image folder, a CLIP_benchmark classification set): one task, their classes."""
+    from euclip.eval.folders import read_lines, resolve_templates
 
+    source, settings = ctx.spec.source, ctx.settings
     emb = ctx.embeddings()
-    folders = folder_classes(ctx.spec.data)
-    names = folder_classnames(ctx, folders)
-    task = _task(ctx, emb, folders, [i["label"] for i in emb.image_info], resolve_templates(ctx.settings.templates),
-                 prompts=names)
+    classes = source.class_names(ctx.spec)
+    if source.named_by_folders:
+        names = folder_classnames(ctx, classes)
+    else:
+        names = read_lines(settings.classnames, "class-names") if settings.classnames else classes
+        if len(names) != len(classes):
+            raise ValueError(f"{len(names)} class names for {len(classes)} classes ({settings.classnames})")
+    templates = (resolve_templates(settings.templates) if settings.templates
+                 else source.default_templates(ctx.spec) or resolve_templates("openai"))
+    task = _task(ctx, emb, classes, [i["label"] for i in emb.image_info], templates, prompts=names)
     task["classnames"] = names
     return {"classes": task}
 
@@ -123,9 +131,11 @@ def _folder_tasks(ctx: EvalContext) -> dict[str, dict]:
 def folder_classnames(ctx: EvalContext, folders: list[str]) -> list[str]:
     """The prompt names of a folder's classes: ``--classnames``, else WordNet lemmas for a WordNet hierarchy of
     wnid folders, else the folder names."""
-    from euclip.eval.folders import resolve_classnames
+    from euclip.eval.classnames import resolve_classnames
 
-    if ctx.settings.classnames is None and (ctx.settings.tree or "wordnet") == "wordnet" and _all_wnids(folders):
+    from euclip.eval.wordnet import are_wnids
+
+    if ctx.settings.classnames is None and (ctx.settings.tree or "wordnet") == "wordnet" and are_wnids(folders):
         from euclip.eval.wordnet import WordNetUnavailableError, wnid_to_name
 
         try:
@@ -135,15 +145,11 @@ def folder_classnames(ctx: EvalContext, folders: list[str]) -> list[str]:
     return resolve_classnames(ctx.settings.classnames, folders)
 
 
-def _all_wnids(names: list[str]) -> bool:
-    return bool(names) and all(len(n) == 9 and n[0] == "n" and n[1:].isdigit() for n in names)
-
-
 def zeroshot_tasks(ctx: EvalContext) -> dict[str, dict]:
     """Every zero-shot classification of the context's data (computed once per context, shared with the
     hierarchy evaluation): ``{task: {"classes", "top": (N, k), "labels": (N,)}}``."""
     synthetic = "attributes" in ctx.spec.source.provides
-    return ctx.cached("zeroshot_tasks", lambda: _synthetic_tasks(ctx) if synthetic else _folder_tasks(ctx))
+    return ctx.cached("zeroshot_tasks", lambda: _synthetic_tasks(ctx) if synthetic else _labelled_tasks(ctx))
 
 
 def _top(key: str, label: str) -> Metric:
@@ -172,7 +178,8 @@ def zeroshot(ctx: EvalContext) -> dict:
     out = {**results[primary], "tasks": results, "primary_task": primary}
     if primary == "classes":
         out.update(classes=tasks["classes"]["classes"], classnames=tasks["classes"]["classnames"],
-                   templates=ctx.settings.templates or "openai")
+                   templates=ctx.settings.templates or ("the data's" if ctx.spec.source.default_templates(ctx.spec)
+                                                        else "openai"))
     else:
         out.update(classes="synthetic shapes", templates="synthetic")
     return out
