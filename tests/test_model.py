@@ -58,3 +58,30 @@ def test_config_fields_round_trip_and_validate():
     # A default model has no hook and the state dict it always had.
     plain = GeometricCLIP(ModelConfig(model="tiny"))
     assert plain._normalization_hook is None and not plain.towers.visual._forward_pre_hooks
+
+
+TINY_VIT = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8,
+                                           "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                         "tokenizer_kwargs": {"clean": "canonicalize"}}}
+
+
+def test_the_tokenizer_is_the_one_openclip_names_for_the_model(tmp_path):
+    import open_clip
+
+    # An OpenCLIP model whose tokenizer differs from ViT-B-32's: it strips punctuation and case ("canonicalize").
+    (tmp_path / "euclip-test-canonical.json").write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(tmp_path / "euclip-test-canonical.json")
+    model = GeometricCLIP(ModelConfig(model="euclip-test-canonical"))
+    assert model.config.tokenizer == "euclip-test-canonical"  # recorded in the run's config.json
+    text = ["A RED-Triangle!!", "the circle."]
+    expected = open_clip.get_tokenizer("euclip-test-canonical")(text)
+    assert torch.equal(model.tokenizer()(text), expected)
+    assert not torch.equal(expected, open_clip.get_tokenizer("ViT-B-32", context_length=16)(text))
+    # Loaded back from a checkpoint, the model reads with the tokenizer it was trained with.
+    path = tmp_path / "m.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": asdict(model.config)}}, path)
+    from euclip.model import load_model
+
+    assert torch.equal(load_model(path).tokenizer()(text), expected)
+    assert GeometricCLIP(ModelConfig()).config.tokenizer == "ViT-B-32"  # the tiny CPU towers read CLIP's BPE

@@ -138,10 +138,13 @@ def register_evaluation(name: str, *, title: str, summary: str, description: str
 
 
 def evaluations() -> dict[str, Evaluation]:
-    """Every registered evaluation, in registration order (the built-in ones first)."""
+    """Every registered evaluation: the built-in ones in :data:`BUILTIN_MODULES` order (whatever imported them
+    first), then the others in registration order."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
-    return EVALUATIONS
+    rank = {m: i for i, m in enumerate(BUILTIN_MODULES)}
+    ordered = sorted(EVALUATIONS.values(), key=lambda e: rank.get(e.fn.__module__, len(rank)))  # stable
+    return {e.name: e for e in ordered}
 
 
 def get_evaluation(name: str) -> Evaluation:

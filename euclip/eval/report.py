@@ -340,6 +340,42 @@ def _walks_html(run: dict, limit: int = 8) -> str:
             f"<ul class='walks'>{''.join(items)}</ul>")
 
 
+def _figures_html(figures: dict[str, str | None], views: dict[str, str | None], runs: list[dict]) -> list[str]:
+    """The page's figure sections (those drawn), the 2-D views and the traversal examples."""
+    esc = html.escape
+    parts: list[str] = []
+
+    def figure(name: str | None, alt: str, heading: str, note: str = "") -> None:
+        if name:
+            parts.append(f"<h2>{esc(heading)}</h2>")
+            if note:
+                parts.append(f"<p class='meta'>{esc(note)}</p>")
+            parts.append(f"<img class='figure' src='{esc(name)}' alt='{esc(alt)}'>")
+
+    figure(figures["curves"], "training curves", "Training curves", "From each run's metrics.jsonl.")
+    figure(figures["norms"], "norm histograms", "Norms per modality",
+           "Generic text should sit closer to the origin than images (MERU's partial order).")
+    figure(figures["levels"], "caption levels and cones", "Caption levels and entailment cones",
+           "Mean caption norm per caption level, per run in its own units; it should rise with specificity. Last "
+           "panel: fraction of (caption, image) pairs whose image lies inside the caption's entailment cone, for "
+           "every euclidean and hyperbolic run whether or not it was trained with the entailment loss.")
+    shown = [(label, name) for label, name in views.items() if name]
+    if shown:
+        parts.append("<h2>Embeddings in 2-D</h2><p class='meta'>Circles: images; triangles: captions, coloured by "
+                     "caption level. Directions from a PCA of both modalities; the origin stays at (0, 0). Hyperbolic "
+                     "runs also show the Poincaré disk.</p><div class='views'>")
+        parts += [f"<img class='figure' src='{esc(name)}' alt='{esc(label)} embeddings'>" for label, name in shown]
+        parts.append("</div>")
+    walks = [w for w in (_walks_html(r) for r in runs) if w]
+    if walks:
+        parts.append("<h2>Traversal examples</h2><p class='meta'>From each image toward the root; each caption is the "
+                     "best match at a step (repeats removed), with its level in brackets. <span class='on'>Green"
+                     "</span>: names the image's shape, its family or the root; <span class='off'>red</span>: off "
+                     "the image's ancestor chain.</p>")
+        parts += walks
+    return parts
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | None = None) -> Path:
     """Write ``out_dir/index.html``, ``out_dir/report.json`` and the PNG figures for ``run_dirs``.
 
@@ -381,34 +417,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
               "norms, as every point on the sphere has norm 1.</p>"),
              _table_html(runs, tables)]
 
-    def figure(name: str | None, alt: str, heading: str, note: str = "") -> None:
-        if name:
-            parts.append(f"<h2>{esc(heading)}</h2>")
-            if note:
-                parts.append(f"<p class='meta'>{esc(note)}</p>")
-            parts.append(f"<img class='figure' src='{esc(name)}' alt='{esc(alt)}'>")
-
-    figure(figures["curves"], "training curves", "Training curves", "From each run's metrics.jsonl.")
-    figure(figures["norms"], "norm histograms", "Norms per modality",
-           "Generic text should sit closer to the origin than images (MERU's partial order).")
-    figure(figures["levels"], "caption levels and cones", "Caption levels and entailment cones",
-           "Mean caption norm per caption level, per run in its own units; it should rise with specificity. Last "
-           "panel: fraction of (caption, image) pairs whose image lies inside the caption's entailment cone, for "
-           "every euclidean and hyperbolic run whether or not it was trained with the entailment loss.")
-    shown = [(label, name) for label, name in views.items() if name]
-    if shown:
-        parts.append("<h2>Embeddings in 2-D</h2><p class='meta'>Circles: images; triangles: captions, coloured by "
-                     "caption level. Directions from a PCA of both modalities; the origin stays at (0, 0). Hyperbolic "
-                     "runs also show the Poincaré disk.</p><div class='views'>")
-        parts += [f"<img class='figure' src='{esc(name)}' alt='{esc(label)} embeddings'>" for label, name in shown]
-        parts.append("</div>")
-    walks = [w for w in (_walks_html(r) for r in runs) if w]
-    if walks:
-        parts.append("<h2>Traversal examples</h2><p class='meta'>From each image toward the root; each caption is the "
-                     "best match at a step (repeats removed), with its level in brackets. <span class='on'>Green"
-                     "</span>: names the image's shape, its family or the root; <span class='off'>red</span>: off "
-                     "the image's ancestor chain.</p>")
-        parts += walks
+    parts += _figures_html(figures, views, runs)
     parts.append("</body></html>\n")
     page = out / "index.html"
     page.write_text("\n".join(parts), encoding="utf-8")

@@ -60,6 +60,11 @@ class TrainConfig:
     multi_positive: bool = option(True, group="geometry",
                                   help="identical captions in a batch are shared positives (off: plain InfoNCE "
                                        "treats them as negatives)")
+    pretrained: str | None = option(None, group="model", metavar="FILE",
+                                    help="initialise the towers from an OpenCLIP checkpoint file (of --model's config) "
+                                         "and fine-tune them into this run's geometry; its final LayerNorms are "
+                                         "dropped without --final-ln, and its logit scale is kept for cosine models "
+                                         "only")
     # Run
     output: str = option("runs/run", group="run", flags=("--output", "--logs"), metavar="DIR",
                          help="run directory: config, checkpoints, metrics, TensorBoard, results",
@@ -182,6 +187,8 @@ class TrainConfig:
             raise ValueError(f"--loss {self.loss} needs a logit bias: give --init-logit-bias (or use --siglip)")
         self._check_validation()
         check_model(self.model.model)
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise FileNotFoundError(f"--pretrained: no such file: {self.pretrained}")
         return self
 
     def _check_ranges(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from euclip.train.config import TrainConfig
 from euclip.train.distributed import DistInfo
 from euclip.train.optim import build_optimizer, build_scheduler
 from euclip.train.precision import needs_loss_scaling, parameter_dtype
+
+log = logging.getLogger("euclip.train")
 
 
 @dataclass
@@ -59,10 +62,18 @@ def prepare_process(cfg: TrainConfig, device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)  # the summary's peak_memory_gb is this run's
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> GeometricCLIP:
-    """The model with ``cfg.seed``'s initial weights: identical on every process and in every paired run."""
+def build_model(cfg: TrainConfig, device: torch.device, pretrained: bool = True) -> GeometricCLIP:
+    """The model with ``cfg.seed``'s initial weights (identical on every process and in every paired run), or its
+    towers from ``--pretrained`` (OpenCLIP weights; ``pretrained=False`` when a checkpoint will replace them)."""
     torch.manual_seed(cfg.seed)
-    model = GeometricCLIP(cfg.model).to(device=device, dtype=parameter_dtype(cfg.precision))
+    model = GeometricCLIP(cfg.model)
+    if cfg.pretrained and pretrained:
+        from euclip.interop import init_from_openclip
+
+        report = init_from_openclip(model, cfg.pretrained)  # also sets the OpenCLIP image normalisation in cfg.model
+        log.info("towers from %s: %d tensors (dropped: %s)", cfg.pretrained, report["loaded"],
+                 ", ".join(report["dropped"]) or "none")
+    model = model.to(device=device, dtype=parameter_dtype(cfg.precision))
     if cfg.grad_checkpointing:
         model.towers.set_grad_checkpointing(True)
     return model
@@ -82,7 +93,7 @@ def wrap_model(model: GeometricCLIP, cfg: TrainConfig, dist_info: DistInfo,
 
 def build_trainer(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, start_step: int) -> Trainer:
     """Every part of the run, its data positioned at ``start_step`` (raises on bad data before any training)."""
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, pretrained=start_step == 0)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(cfg.precision))
     torch.manual_seed(cfg.seed + dist_info.rank)  # per-process randomness from here on

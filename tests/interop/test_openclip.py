@@ -160,3 +160,22 @@ def test_eval_zeroshot_reads_openclip_files(ih, tmp_path, image_folder, template
     assert result["num_samples"] == 6 and 0 <= result["top1"] <= 1
     assert ih.run_cli(["convert", str(path), "--output", str(tmp_path / "clip.pt"), "--source", "openclip",
                        "--model", ih.TINY]) == 0
+
+
+def test_train_pretrained_fine_tunes_openclip_towers_into_another_geometry(ih, tmp_path):
+    from euclip.cli import main
+    from euclip.model import load_model
+
+    path = openclip_file(ih, tmp_path / "pretrained.bin", seed=7)
+    run = tmp_path / "run"
+    # lr 0 and no weight decay: after one step the weights are still the file's.
+    assert main(["train", "--pretrained", str(path), "--model", ih.TINY, "--preset", "euclip", "--steps", "1",
+                 "--batch-size", "4", "--workers", "0", "--lr", "0", "--wd", "0", "--no-progress", "--no-eval",
+                 "--output", str(run)]) == 0
+    model = load_model(run)
+    source = torch.load(path, weights_only=True)
+    assert model.config.final_ln is False and model.config.image_mean == OPENCLIP_MEAN
+    for k, v in model.towers.state_dict().items():
+        assert torch.equal(v, source[k]), k
+    assert main(["train", "--pretrained", str(tmp_path / "nope.bin"), "--model", ih.TINY, "--steps", "1",
+                 "--output", str(tmp_path / "r2")]) == 2

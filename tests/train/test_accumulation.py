@@ -6,7 +6,6 @@ import pytest
 
 from euclip.train.config import resolve_config
 from euclip.data.sampling import GlobalBatchSampler
-from euclip.train.distributed import DistInfo
 from euclip.train.loop import train
 
 # SGD-like AdamW (eps far above the gradients): equal parameters then mean equal gradients; see test_distributed.

@@ -16,7 +16,6 @@ import pytest
 
 from euclip.train.config import resolve_config
 from euclip.data.sampling import GlobalBatchSampler
-from euclip.train.distributed import DistInfo
 from euclip.train.loop import train
 
 PRESETS = ("clip", "euclip", "meru")

@@ -11,7 +11,6 @@ import torch
 from euclip.cli import main
 from euclip.train import checkpoint as ckpt
 from euclip.data.sampling import GlobalBatchSampler
-from euclip.train.distributed import DistInfo
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:
