@@ -123,7 +123,8 @@ class HybridVisionTower(nn.Module):
         return self.ln_post(pooled) @ self.proj
 
 
-def build_towers(name: str, image_size: int | None = None) -> tuple[nn.Module, int, int, int]:
+def build_towers(name: str, image_size: int | None = None,
+                 embed_dim: int | None = None) -> tuple[nn.Module, int, int, int]:
     """Build the towers of model ``name`` with random weights.
 
     Returns:
@@ -131,19 +132,23 @@ def build_towers(name: str, image_size: int | None = None) -> tuple[nn.Module, i
         ``CustomTextCLIP``) whose ``encode_image``/``encode_text`` give the unnormalised features.
     """
     check_model(name)
+    if embed_dim is not None and embed_dim < 1:
+        raise ValueError(f"--embed-dim must be >= 1, got {embed_dim}")
     if name in MODEL_CONFIGS:
         cfg = MODEL_CONFIGS[name]
+        dim = embed_dim or cfg.embed_dim
         vision = cfg.vision if image_size is None else HybridVisionCfg(**{**cfg.vision.__dict__,
                                                                           "image_size": image_size})
         # The placeholder ViT that open_clip.CLIP builds is replaced at once by the hybrid tower.
         placeholder = open_clip.CLIPVisionCfg(layers=1, width=64, head_width=64, patch_size=vision.image_size,
                                               image_size=vision.image_size)
-        towers = open_clip.CLIP(cfg.embed_dim, placeholder, open_clip.CLIPTextCfg(**cfg.text))
-        towers.visual = HybridVisionTower(vision, cfg.embed_dim)
-        return towers, cfg.embed_dim, vision.image_size, towers.context_length
+        towers = open_clip.CLIP(dim, placeholder, open_clip.CLIPTextCfg(**cfg.text))
+        towers.visual = HybridVisionTower(vision, dim)
+        return towers, dim, vision.image_size, towers.context_length
     kwargs = {"force_image_size": image_size} if image_size else {}
+    if embed_dim is not None:
+        kwargs["embed_dim"] = embed_dim  # OpenCLIP's model_kwargs override the config's
     towers = open_clip.create_model(name, pretrained=None, **kwargs)
-    config = open_clip.get_model_config(name)
     size = towers.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    return towers, config["embed_dim"], int(size), towers.context_length
+    return towers, embed_dim or open_clip.get_model_config(name)["embed_dim"], int(size), towers.context_length

@@ -71,6 +71,8 @@ class ModelConfig:
     learn_curvature: bool = option(True, group="geometry", help="learn c (clamped to [0.1, 10])")
     image_size: int | None = option(None, group="model", help="override the model's image size",
                                     default_text="the model's")
+    embed_dim: int | None = option(None, group="model", help="override the model's embedding dimension D",
+                                   default_text="the model's (tiny: 128, small: 256)")
     init_logit_bias: float | None = option(None, group="geometry", metavar="B",
                                            help="a learnable logit bias b, initialised here (the sigmoid loss's)",
                                            default_text="none; −10 with --siglip")
@@ -127,8 +129,8 @@ class GeometricCLIP(nn.Module):
                 raise ValueError("MERU's towers keep their final LayerNorms: use final_ln=True with towers='meru'")
             self.towers, self.embed_dim, self.image_size, self.context_length = build_meru_towers(config.tower_config)
         else:
-            self.towers, self.embed_dim, self.image_size, self.context_length = build_towers(config.model,
-                                                                                             config.image_size)
+            self.towers, self.embed_dim, self.image_size, self.context_length = build_towers(
+                config.model, config.image_size, config.embed_dim)
         # OpenCLIP's own logit scale/bias are replaced by the head's; an unused parameter would also
         # break DistributedDataParallel.
         for name in ("logit_scale", "logit_bias"):

@@ -1,0 +1,104 @@
+"""`euclip sweep` end to end: a tiny sweep, a SIGKILL mid-cell and the rerun that finishes it, submitit's executor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from euclip.cli import main
+from euclip.study.grid import QUICK_RECIPE, Grid
+from euclip.study.sweep import Sweep
+
+pytestmark = pytest.mark.slow
+
+TWO_CELLS = ["--geometries", "euclidean", "--logits", "squared,distance", "--final-ln", "off", "--entailment", "0",
+             "--seeds", "0", "--quick", "--set", "steps=12", "--set", "save_every_steps=3", "--no-progress"]
+TIMING = {"train_seconds", "samples_per_s"}
+
+
+def table(root: Path) -> list[dict]:
+    with open(root / "results.csv") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def snapshot(run: Path) -> dict[str, tuple[float, bytes]]:
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reference") / "sweep"
+    assert main(["sweep", *TWO_CELLS, "--output", str(root)]) == 0
+    return root
+
+
+def test_a_tiny_sweep_writes_runs_results_claims_and_a_page(reference):
+    rows = table(reference)
+    assert [r["name"] for r in rows] == ["euclidean-squared_noln_ent0_s0", "euclidean-distance_noln_ent0_s0"]
+    assert all(r["status"] == "done" and r["steps"] == "12" for r in rows)
+    assert 0 <= float(rows[0]["zeroshot.top1"]) <= 1 and "retrieval.image_to_text_R@1" in rows[0]
+    assert "hierarchy.tie" in rows[0] and "geometry.separation_auc" in rows[0] and "traversal.on_path" in rows[0]
+    aggregate = json.loads((reference / "aggregate.json").read_text())
+    assert len(aggregate) == 2 and aggregate[0]["zeroshot.top1.n"] == 1
+    claims = {c["id"]: c for c in json.loads((reference / "claims.json").read_text())}
+    assert claims["C3"]["metrics"][0]["pairs"] == 1 and claims["C3"]["verdict"] == "inconclusive"  # one seed
+    page = (reference / "report" / "index.html").read_text()
+    assert "C1" in page and "grid_zeroshot_top1.png" in page
+    # Each cell is an ordinary run directory: every euclip command reads it.
+    assert main(["eval", "zeroshot", str(reference / rows[0]["name"]), "--num-samples", "8", "--no-progress"]) == 0
+
+
+def test_sigkill_mid_cell_then_rerun_resumes_and_equals_the_uninterrupted_sweep(reference, tmp_path):
+    root = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "euclip.cli", "sweep", *TWO_CELLS, "--output", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = root / "euclidean-distance_noln_ent0_s0"
+    deadline = time.time() + 600
+    while not (second / "checkpoints" / "step_00000003.pt").is_file():  # the second cell is a quarter done
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the cell's process dies with the sweep: nothing writes any more
+    first = root / "euclidean-squared_noln_ent0_s0"
+    before = snapshot(first)
+    checkpoints_then = snapshot(second / "checkpoints")
+    time.sleep(1.0)
+    assert snapshot(second / "checkpoints") == checkpoints_then and not (second / "summary.json").exists()
+
+    assert main(["sweep", *TWO_CELLS, "--output", str(root)]) == 0
+    assert snapshot(first) == before  # the finished cell is untouched
+    assert "resuming from" in (second / "sweep.log").read_text()
+    assert table(root) == table(reference)  # the same numbers as a sweep that was never interrupted
+
+
+def test_submitit_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    root = tmp_path / "sweep"
+    one = ["--geometries", "euclidean", "--logits", "squared", "--final-ln", "off", "--entailment", "0", "--seeds", "0",
+           "--quick", "--no-progress"]
+    assert main(["sweep", *one, "--launcher", "submitit-local", "--output", str(root)]) == 0
+    assert [r["status"] for r in table(root)] == ["done"]
+    assert list((root / "submitit").glob("*_result.pkl"))  # it ran through submitit
+
+
+def test_a_sweep_folder_of_another_grid_is_refused_unless_extend(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    Sweep(root, Grid(seeds=(0,)), dict(QUICK_RECIPE)).prepare()
+    with pytest.raises(ValueError, match="another grid or recipe .*--extend"):
+        Sweep(root, Grid(seeds=(0, 1)), dict(QUICK_RECIPE)).prepare()
+    Sweep(root, Grid(seeds=(0, 1)), dict(QUICK_RECIPE)).prepare(extend=True)
+    with pytest.raises(ValueError, match="different recipe"):
+        Sweep(root, Grid(seeds=(0, 1)), dict(QUICK_RECIPE, lr=0.1)).prepare(extend=True)
+    assert main(["sweep", "--grid", "headline", "--seeds", "0,1,2", "--output", str(root / "x"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("todo ") == 9 and "9 cells, 9 to run: about" in out and not (root / "x").exists()
