@@ -19,7 +19,7 @@ from euclip.presets import PRESETS
 
 # Modules that add top-level subcommands: each has ``register(subparsers)``, which adds its parser(s) and sets
 # ``func`` (taking the parsed arguments, returning the exit code). Imported only when the parser is built.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("euclip.cli.index",)
 
 GEOMETRY_CHOICES = list(dict.fromkeys(list(geom.GEOMETRIES) + list(geom.ALIASES)))
 
