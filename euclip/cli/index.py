@@ -99,6 +99,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from euclip.eval.commands import min_radius_of
     from euclip.eval.embed import curvature_of
     from euclip.index import build_index, model_identity
+    from euclip.index.search import check_factory
     from euclip.index.sources import IndexSource, embed_source
     from euclip.index.store import MANIFEST
     from euclip.model import load_model, resolve_device
@@ -114,6 +115,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, workers=args.workers)
     device = resolve_device(args.device)
     model = load_model(args.run, device)
+    check_factory(model.geometry, model.logit, model.embed_dim, args.factory, args.metric)  # before the embedding
     points, ids, data = embed_source(model, source, device, progress=args.progress)
     min_radius = min_radius_of(args.run) if model.geometry in geom.CONE_GEOMETRIES else None
     index = build_index(points, ids, model.geometry, model.logit, curvature_of(model), args.factory,

@@ -23,7 +23,7 @@ from euclip import geometry as geom
 from euclip.index.store import Manifest, check_model, read_index_files, write_index_files
 from euclip.index.transforms import GeometryTransform, choose_metric
 
-__all__ = ["CONE_MODES", "GeometryIndex", "Neighbours", "build_index"]
+__all__ = ["CONE_MODES", "GeometryIndex", "Neighbours", "build_index", "check_factory"]
 
 # "query": keep results inside the query's entailment cone (the query entails them: a generic caption → specific
 # images); "result": keep results whose cone contains the query (they entail it: an image → captions that describe it).
@@ -92,6 +92,19 @@ def _apply_search_params(index, params: str | None) -> None:
         faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as e:
         raise ValueError(f"bad search parameters {params!r} for this index: {_faiss_message(e)}") from None
+
+
+def check_factory(geometry: str, logit: str, dim: int, factory: str, metric: str = "auto") -> None:
+    """Raise the ``ValueError`` :func:`build_index` would for a bad ``factory`` or ``metric``, before any embedding.
+
+    Args:
+        dim: the embedding dimension ``D``.
+    """
+    geometry, logit = geom.resolve(geometry, logit)
+    exact = factory.replace(" ", "") == "Flat" if isinstance(factory, str) else True
+    # norm_bound is irrelevant to the index's shape; 1.0 stands in for the data's.
+    transform = GeometryTransform(geometry, logit, dim, 1.0, choose_metric(geometry, logit, metric, exact), 1.0)
+    _make_faiss_index(transform, factory)
 
 
 def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, curvature: float = 1.0,
