@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                    help="FAISS index factory string: Flat (exact), IVF4096,Flat, HNSW32, IVF1024,PQ32, ...")
     b.add_argument("--metric", choices=["auto", "ip", "l2"], default="auto",
                    help="search inner-product logits (euclidean inner, hyperbolic) as inner products (ip) or by "
-                        "their L2 reduction (l2); auto: ip for Flat, l2 for approximate indexes")
+                        "their L2 reduction (l2); auto: l2 for hyperbolic HNSW indexes, else ip")
     b.add_argument("--params", help="FAISS search parameters saved with the index, e.g. nprobe=16 or efSearch=128")
     b.add_argument("--num-samples", type=int, help="index the first N items (synthetic: default 1000)")
     b.add_argument("--split", default="test", choices=["test", "heldout"], help="synthetic split")

@@ -83,6 +83,43 @@ def _make_faiss_index(transform: GeometryTransform, factory: str):
         raise ValueError(f"bad index factory string {factory!r}: {message}{hint}") from None
 
 
+def _resolve_metric(geometry: str, logit: str, dim: int, metric: str, factory: str) -> str:
+    """:func:`~euclip.index.transforms.choose_metric` for this factory (whether it makes a graph index)."""
+    import faiss
+
+    if metric != "auto" or geometry != "hyperbolic":
+        return choose_metric(geometry, logit, metric)
+    # The index's type decides (see euclip.index.transforms): build an empty one to ask it.
+    probe = _make_faiss_index(GeometryTransform(geometry, logit, dim, 1.0, "ip"), factory)
+    return choose_metric(geometry, logit, metric, graph=isinstance(faiss.downcast_index(probe), faiss.IndexHNSW))
+
+
+def _lorentz_centroids(sample: np.ndarray, count: int, curvature: float, niter: int, seed: int) -> np.ndarray:
+    """Centroids for a hyperbolic inverted file: k-means of the indexed vectors, projected onto the hyperboloid.
+
+    Args:
+        sample: ``(n, D + 1)`` indexed vectors ``(y_s, −y_t)``.
+
+    Returns:
+        ``(count, D + 1)`` float32 centroids ``(μ_s, −μ_t)`` on the hyperboloid, so that a query's inner product with
+        one is ``⟨x, μ⟩_L``.
+
+    FAISS would cluster the indexed vectors (in the ambient coordinates: fine for locality) and then put each of them
+    in the list of the centroid with the largest inner product ``y_s·m_s + y_t |m_t|``, which is not the Lorentzian
+    product and favours large norms, while queries pick lists by ``⟨x, m⟩_L``: the lists a query searches are not
+    where its neighbours went. Each mean ``m`` lies inside the hyperboloid's cone (``m_t² > ‖m_s‖² + 1/c``, by
+    convexity), and ``m / sqrt(c (m_t² − ‖m_s‖²))`` is the Lorentzian centroid of its cluster (Law et al., 2019); the
+    caller assigns indexed points with the query-side vectors, so both sides use ``⟨·, μ⟩_L``.
+    """
+    import faiss
+
+    kmeans = faiss.Kmeans(sample.shape[1], count, niter=niter, seed=seed)
+    kmeans.train(sample)
+    m = kmeans.centroids.astype(np.float64)
+    minkowski = m[:, -1] ** 2 - (m[:, :-1] ** 2).sum(1)  # > 0 inside the cone
+    return np.ascontiguousarray(m / np.sqrt(curvature * np.maximum(minkowski, 1e-12))[:, None], dtype=np.float32)
+
+
 def _apply_search_params(index, params: str | None) -> None:
     if not params:
         return
@@ -101,9 +138,9 @@ def check_factory(geometry: str, logit: str, dim: int, factory: str, metric: str
         dim: the embedding dimension ``D``.
     """
     geometry, logit = geom.resolve(geometry, logit)
-    exact = factory.replace(" ", "") == "Flat" if isinstance(factory, str) else True
     # norm_bound is irrelevant to the index's shape; 1.0 stands in for the data's.
-    transform = GeometryTransform(geometry, logit, dim, 1.0, choose_metric(geometry, logit, metric, exact), 1.0)
+    transform = GeometryTransform(geometry, logit, dim, 1.0, _resolve_metric(geometry, logit, dim, metric, factory),
+                                  1.0)
     _make_faiss_index(transform, factory)
 
 
@@ -122,8 +159,8 @@ def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, cu
         curvature: ``c`` of the hyperbolic geometry (a model's learned value).
         factory: FAISS index factory string: ``"Flat"`` (exact), ``"IVF4096,Flat"``, ``"HNSW32"``, ``"IVF1024,PQ32"``.
         metric: ``"auto"``, ``"ip"`` or ``"l2"``: how inner-product logits are searched (see
-            :func:`euclip.index.transforms.choose_metric`; ``"auto"``: inner products for ``"Flat"``, their L2
-            reduction for approximate indexes).
+            :mod:`euclip.index.transforms`; ``"auto"``: inner products, but their L2 reduction for hyperbolic
+            HNSW indexes).
         search_params: FAISS parameters for searching, e.g. ``"nprobe=16"`` (IVF) or ``"efSearch=128"`` (HNSW).
         train_size: vectors to train a trainable index on (IVF, PQ); default ``min(N, max(100_000, 50 · nlist))``,
             a random subset.
@@ -146,9 +183,8 @@ def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, cu
         raise ValueError(f"embeddings must be a (N, D) matrix, got shape {shape}")
     if shape[0] == 0:
         raise ValueError("no embeddings to index: the data set is empty")
-    exact = factory.replace(" ", "") == "Flat" if isinstance(factory, str) else True
     transform = GeometryTransform(geometry, logit, shape[1], float(curvature),
-                                  choose_metric(geometry, logit, metric, exact))
+                                  _resolve_metric(geometry, logit, shape[1], metric, factory))
     points = transform.points(embeddings)
     if _shares_memory(points, embeddings):
         points = points.clone()  # the index keeps its points: a later in-place change of the caller's must not leak in
@@ -158,17 +194,31 @@ def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, cu
         raise ValueError(f"{len(ids)} ids for {n} embeddings")
     transform = transform.with_norm_bound(points)
     index = _make_faiss_index(transform, factory)
+    top = faiss.downcast_index(index)
+    # Hyperbolic inverted files (see _lorentz_centroids): lists around centroids on the hyperboloid, and every point in
+    # the list of its Lorentzian-nearest centroid, as queries choose their lists.
+    lorentz_lists = transform.geometry == "hyperbolic" and transform.metric == "ip" and isinstance(top, faiss.IndexIVF)
     if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)
         default = max(100_000, 50 * ivf.nlist) if ivf is not None else 100_000
         size = min(n, train_size or default)
         rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else np.arange(n)
+        sample = transform.database(points[torch.from_numpy(rows)])
         try:
-            index.train(transform.database(points[torch.from_numpy(rows)]))
+            if lorentz_lists:
+                top.quantizer.add(_lorentz_centroids(sample, top.nlist, transform.curvature, top.cp.niter, seed))
+            index.train(sample)  # with a filled quantizer, FAISS trains only what encodes the vectors (PQ, SQ)
         except RuntimeError as e:
             raise ValueError(f"cannot train index {factory!r} on {size} vectors: {_faiss_message(e)}") from None
     for start in tqdm(range(0, n, _ADD_BATCH), desc="index: add", disable=not progress, leave=False):
-        index.add(transform.database(points[start:start + _ADD_BATCH]))
+        chunk = points[start:start + _ADD_BATCH]
+        vectors = transform.database(chunk)
+        if lorentz_lists:
+            _, lists = top.quantizer.search(transform.queries(chunk), 1)
+            lists = np.ascontiguousarray(lists.ravel(), dtype=np.int64)
+            top.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(lists))
+        else:
+            index.add(vectors)
     _apply_search_params(index, search_params)
     manifest = Manifest(geometry=geometry, logit=logit, curvature=float(curvature), dim=transform.dim,
                         index_dim=transform.index_dim, metric=transform.metric, norm_bound=transform.norm_bound,

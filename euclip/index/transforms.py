@@ -23,16 +23,32 @@ the query ``(x_s, x_t)`` with the indexed ``(y_s, −y_t)`` is the Lorentzian in
 (``acosh`` is increasing and ``−c s`` decreasing in ``s``), so ``⟨x, y⟩_L``, ``−d_L`` and ``−d_L²`` (``d_L >= 0``)
 all increase with ``s``: the largest inner product is the nearest point for all three logits.
 
-**Inner products as L2 distances.** FAISS's approximate indexes (HNSW graphs, IVF cells) search an inner product
-between vectors of varying norms poorly (on clustered hyperbolic data HNSW32 found 17-46 % of the exact top 10,
-against 89-100 % below). For the two inner-product searches over vectors of varying norm (euclidean ``inner`` and
-hyperbolic) the metric ``"l2"`` therefore uses the classic reduction of maximum inner product search to nearest
-neighbours (Bachrach et al., 2014): with ``b`` the indexed vector above and ``M >= max ‖b‖`` (the manifest's
-``norm_bound``), index ``(b, sqrt(M² − ‖b‖²))`` and query with ``(a, 0)``; then every indexed vector has norm
-``M`` and ``‖(a, 0) − (b, ·)‖² = ‖a‖² + M² − 2 a·b``, which for a fixed query decreases exactly as ``a·b``
-increases: ``a·b = (‖a‖² + M² − s) / 2``. :func:`choose_metric` takes the inner product for the exact ``"Flat"``
-index (no rounding from the ``M²`` offset) and this reduction for every approximate one. The elliptic geometry keeps
-the inner product (unit vectors: ``‖x − y‖² = 2 − 2 cos`` ranks alike), the Euclidean distances keep L2.
+**Inner products as L2 distances.** Any inner-product search can also run as an L2 search, by the classic
+reduction of maximum inner product search to nearest neighbours (Bachrach et al., 2014): with ``b`` the indexed
+vector above and ``M >= max ‖b‖`` (the manifest's ``norm_bound``), index ``(b, sqrt(M² − ‖b‖²))`` and query with
+``(a, 0)``; then every indexed vector has norm ``M`` and ``‖(a, 0) − (b, ·)‖² = ‖a‖² + M² − 2 a·b``, which for a
+fixed query decreases exactly as ``a·b`` increases: ``a·b = (‖a‖² + M² − s) / 2`` (metric ``"l2"`` for the
+euclidean ``inner`` and the hyperbolic logits; ``D + 1``, hyperbolic ``D + 2`` dimensions).
+
+Which one suits an approximate index depends on how it is built (measured on clustered data of intrinsic
+dimension 32; :func:`choose_metric`'s ``"auto"``):
+
+* A graph index (HNSW) links indexed vectors by comparing them *with each other* under the metric. Under the inner
+  product the hyperbolic ``(y_s, −y_t)`` compare as ``y_s·y'_s + y_t y'_t``, which is not the Lorentzian product
+  and mostly rewards large norms: HNSW32 found 5-7 % of the exact top 10. Under the L2 reduction all indexed
+  vectors lie on one sphere and the graph is built from ordinary distances there: 100 %. So ``"auto"`` takes
+  ``"l2"`` for hyperbolic graph indexes.
+* An inverted file (IVF) compares the *query* with cluster centroids. Under the L2 reduction every query ``(a, 0)``
+  lies in the hemisphere opposite the data (``a·b = ⟨x, y⟩_L < 0``) and the centroids' varying norms mislead the
+  choice of lists (30 % recall on data whose radii vary independently of direction). Under the inner product the
+  query picks lists by ``⟨x, m⟩_L`` with a centroid ``m``, but FAISS would file each indexed vector under the largest
+  ``y_s·m_s + y_t |m_t|`` instead (36-67 % on the test suite's data). So ``"auto"`` keeps ``"ip"`` and
+  :func:`~euclip.index.search.build_index` builds hyperbolic inverted files itself: centroids projected onto the
+  hyperboloid (Lorentzian centroids) and every point filed under its Lorentzian-nearest one, as queries look for it
+  (99.6 % and 90-99 % on the two data sets). ``Flat`` keeps ``"ip"`` too (no rounding from the ``M²`` offset).
+* The Euclidean ``inner`` logit searched well either way (HNSW32: 100 % ``ip``, 97 % ``l2``): ``"auto"`` keeps
+  ``"ip"``. The elliptic geometry needs no reduction (unit vectors: ``‖x − y‖² = 2 − 2 cos``) and the Euclidean
+  distances are L2 already.
 
 The conversion :meth:`GeometryTransform.to_logits` is the textbook one, evaluated in float64 from FAISS's float32
 scores. For nearby hyperbolic points the float32 ``s`` has cancelled most of ``−c s − 1`` (see
@@ -84,20 +100,21 @@ def _allowed_metrics(geometry: str, logit: str) -> tuple[str, ...]:
     return METRICS
 
 
-def choose_metric(geometry: str, logit: str, metric: str = "auto", exact: bool = True) -> str:
+def choose_metric(geometry: str, logit: str, metric: str = "auto", graph: bool = False) -> str:
     """The FAISS metric for a geometry × logit: ``metric`` if given, else ``"auto"``'s choice (module docstring).
 
     Args:
-        exact: whether the index is the exact ``"Flat"`` one (``"auto"`` then keeps inner products).
+        graph: whether the index is a graph (HNSW) at its top level: ``"auto"`` then searches the hyperbolic
+            geometry through the L2 reduction; every other index keeps the inner product.
 
     Raises:
         ValueError: an unknown metric, or one this geometry × logit cannot be searched with.
     """
     allowed = _allowed_metrics(geometry, logit)
     if metric == "auto":
-        if geometry == "elliptic":
-            return "ip"
-        return allowed[0] if len(allowed) == 1 else ("ip" if exact else "l2")
+        if geometry == "hyperbolic":
+            return "l2" if graph else "ip"
+        return allowed[0]
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: auto, {', '.join(METRICS)}")
     if metric not in allowed:

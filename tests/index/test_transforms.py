@@ -123,12 +123,12 @@ def test_l2_reduction_puts_every_indexed_vector_on_one_sphere(geometry, logit):
 
 
 def test_choose_metric():
-    assert choose_metric("elliptic", "distance", "auto", exact=False) == "ip"
-    assert choose_metric("euclidean", "squared", "auto", exact=True) == "l2"
-    assert choose_metric("euclidean", "inner", "auto", exact=True) == "ip"
-    assert choose_metric("euclidean", "inner", "auto", exact=False) == "l2"
-    assert choose_metric("hyperbolic", "distance", "auto", exact=True) == "ip"
-    assert choose_metric("hyperbolic", "squared", "auto", exact=False) == "l2"
+    assert choose_metric("elliptic", "distance") == "ip"
+    assert choose_metric("euclidean", "squared") == "l2"
+    assert choose_metric("euclidean", "inner", graph=True) == "ip"
+    assert choose_metric("hyperbolic", "distance") == "ip"
+    assert choose_metric("hyperbolic", "squared", graph=True) == "l2"  # HNSW: the L2 reduction
+    assert choose_metric("hyperbolic", "inner", "ip", graph=True) == "ip"  # an explicit choice stands
     with pytest.raises(ValueError, match="rank like l2 only"):
         choose_metric("euclidean", "distance", "ip")
     with pytest.raises(ValueError, match="unknown metric 'cosine'"):
