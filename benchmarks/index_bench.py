@@ -7,7 +7,8 @@ by 1/sqrt(D) like euclip's Euclidean head (euclidean), the exponential map of Ga
 equidistant (no approximate index can tell them apart); ``--latent-dim d --clusters K`` makes them like real
 embeddings instead: a mixture of ``K`` Gaussian clusters (centres of unit spread, members at ``--spread`` around
 them) in ``d`` dimensions, mapped to ``D`` by a fixed random linear map (data of intrinsic dimension ``d``). Q fresh
-queries come from the same distribution. Then, for each index spec, it builds a :class:`euclip.index.GeometryIndex` and measures:
+queries come from the same distribution. Then, for each index spec, it builds a :class:`euclip.index.GeometryIndex`
+and measures:
 
 * build s: training (IVF, PQ) + adding all N vectors, wall clock;
 * FAISS q/s: queries per second of the bare FAISS search over the transformed vectors (k = 10, all Q at once);

@@ -148,7 +148,7 @@ def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, cu
                 factory: str = "Flat", *, metric: str = "auto", search_params: str | None = None,
                 train_size: int | None = None,
                 seed: int = 0, modality: str | None = None, min_radius: float | None = None,
-                model: dict | None = None, data: dict | None = None, progress: bool = False) -> "GeometryIndex":
+                model: dict | None = None, data: dict | None = None, progress: bool = False) -> GeometryIndex:
     """Index the manifold points ``embeddings`` ``(N, D)`` for search by ``geometry`` × ``logit``.
 
     Args:
@@ -380,7 +380,7 @@ class GeometryIndex:
         return write_index_files(folder, self.index, np.asarray(self.embeddings), self.ids, self.manifest)
 
     @classmethod
-    def load(cls, folder: str | Path, mmap: bool = True) -> "GeometryIndex":
+    def load(cls, folder: str | Path, mmap: bool = True) -> GeometryIndex:
         """Read an index folder written by :meth:`save` (embeddings memory-mapped unless ``mmap=False``)."""
         index, embeddings, ids, manifest = read_index_files(folder, mmap=mmap)
         _apply_search_params(index, manifest.search_params)

@@ -31,8 +31,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-__all__ = ["DATA_TYPES", "IMAGE_SUFFIXES", "MODALITIES", "IndexSource", "detect_data_type", "embed_source",
-           "embed_image_files"]
+__all__ = [
+    "DATA_TYPES",
+    "IMAGE_SUFFIXES",
+    "MODALITIES",
+    "IndexSource",
+    "detect_data_type",
+    "embed_image_files",
+    "embed_source",
+]
 
 DATA_TYPES: tuple[str, ...] = ("auto", "folder", "csv", "webdataset", "captions", "synthetic")
 MODALITIES: tuple[str, ...] = ("image", "text")

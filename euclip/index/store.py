@@ -35,8 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "VERSION", "Manifest", "check_model", "config_fingerprint", "model_identity", "read_manifest",
-           "read_index_files", "weights_fingerprint", "write_index_files"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Manifest",
+    "check_model",
+    "config_fingerprint",
+    "model_identity",
+    "read_index_files",
+    "read_manifest",
+    "weights_fingerprint",
+    "write_index_files",
+]
 
 FORMAT = "euclip-index"
 VERSION = 1
@@ -71,7 +81,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "Manifest":
+    def from_json(cls, text: str, where: str) -> Manifest:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
@@ -176,8 +186,7 @@ def write_index_files(folder: str | Path, faiss_index, embeddings: np.ndarray, i
     with open(folder / (EMBEDDINGS + tmp), "wb") as f:
         np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
     with open(folder / (IDS + tmp), "w", encoding="utf-8") as f:
-        for name in ids:
-            f.write(json.dumps(name, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(name, ensure_ascii=False) + "\n" for name in ids)
     (folder / (MANIFEST + tmp)).write_text(manifest.to_json())
     for name in (FAISS_FILE, EMBEDDINGS, IDS, MANIFEST):
         os.replace(folder / (name + tmp), folder / name)
