@@ -146,9 +146,9 @@ def check_factory(geometry: str, logit: str, dim: int, factory: str, metric: str
 
 def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, curvature: float = 1.0,
                 factory: str = "Flat", *, metric: str = "auto", search_params: str | None = None,
-                train_size: int | None = None,
-                seed: int = 0, modality: str | None = None, min_radius: float | None = None,
-                model: dict | None = None, data: dict | None = None, progress: bool = False) -> GeometryIndex:
+                train_size: int | None = None, seed: int = 0, modality: str | None = None,
+                min_radius: float | None = None, model: dict | None = None, data: dict | None = None,
+                progress: bool = False) -> GeometryIndex:
     """Index the manifold points ``embeddings`` ``(N, D)`` for search by ``geometry`` × ``logit``.
 
     Args:
@@ -222,10 +222,9 @@ def build_index(embeddings, ids: list[str] | None, geometry: str, logit: str, cu
     _apply_search_params(index, search_params)
     manifest = Manifest(geometry=geometry, logit=logit, curvature=float(curvature), dim=transform.dim,
                         index_dim=transform.index_dim, metric=transform.metric, norm_bound=transform.norm_bound,
-                        factory=factory, count=n,
-                        search_params=search_params, modality=modality, min_radius=min_radius, model=model,
-                        data=data, euclip_version=getattr(euclip, "__version__", ""),
-                        faiss_version=faiss.__version__)
+                        factory=factory, count=n, search_params=search_params, modality=modality,
+                        min_radius=min_radius, model=model, data=data,
+                        euclip_version=getattr(euclip, "__version__", ""), faiss_version=faiss.__version__)
     return GeometryIndex(index, points.numpy(), ids, manifest)
 
 
