@@ -70,6 +70,7 @@ from euclip import geometry as geom
 __all__ = ["METRICS", "GeometryTransform", "as_points", "choose_metric"]
 
 METRICS: tuple[str, ...] = ("ip", "l2")
+_CHUNK = 65536  # rows converted at a time in float64, so that memory stays O(N · D) float32
 
 
 def as_points(x, dim: int | None = None, what: str = "embeddings") -> torch.Tensor:
@@ -177,9 +178,12 @@ class GeometryTransform:
         sphere by rounding (or were passed un-normalised); the other geometries keep their points as they are.
         """
         t = as_points(x, self.dim, what)
-        if self.geometry == "elliptic":
-            t = geom.project(t.double(), "elliptic")
-        return t.float()
+        if self.geometry != "elliptic":
+            return t.float()
+        out = torch.empty(t.shape, dtype=torch.float32)
+        for start in range(0, t.shape[0], _CHUNK):  # in float64, a chunk at a time (no (N, D) float64 copy)
+            out[start:start + _CHUNK] = geom.project(t[start:start + _CHUNK].double(), "elliptic")
+        return out
 
     def _ip_vectors(self, x: torch.Tensor, time_sign: float) -> torch.Tensor:
         """float64 ``(N, D or D + 1)`` vectors whose dot products are the searched inner products."""
@@ -193,9 +197,9 @@ class GeometryTransform:
         """This transform with ``M`` = the largest norm of the indexed vectors of ``points`` (augmented only)."""
         if not self.augmented:
             return self
-        squared = (self._ip_vectors(points, -1.0) ** 2).sum(-1)
-        return GeometryTransform(self.geometry, self.logit, self.dim, self.curvature, self.metric,
-                                 float(squared.max().sqrt()) if squared.numel() else 0.0)
+        largest = max((float((self._ip_vectors(points[s:s + _CHUNK], -1.0) ** 2).sum(-1).max())
+                       for s in range(0, points.shape[0], _CHUNK)), default=0.0)
+        return GeometryTransform(self.geometry, self.logit, self.dim, self.curvature, self.metric, largest ** 0.5)
 
     def database(self, y: torch.Tensor, dtype=np.float32) -> np.ndarray:
         """The vectors to add to the FAISS index for points ``y`` ``(N, D)`` (from :meth:`points`): ``(N, index_dim)``.

@@ -39,7 +39,8 @@ def test_exact_index_gives_the_evaluation_numbers(geometry, logit):
         assert got[direction] == expected[direction], direction
     assert got["mean_recall"] == pytest.approx(expected["mean_recall"], abs=1e-12)
     assert 0 < got["mean_recall"] < 1
-    assert (got["num_images"], got["num_texts"], got["ks"]) == (expected["num_images"], expected["num_texts"], [1, 5, 10])
+    assert (got["num_images"], got["num_texts"]) == (expected["num_images"], expected["num_texts"])
+    assert got["ks"] == [1, 5, 10]
 
 
 def test_k_beyond_the_number_of_items():
