@@ -30,7 +30,7 @@ __all__ = ["CONE_MODES", "GeometryIndex", "Neighbours", "build_index", "check_fa
 CONE_MODES: tuple[str, ...] = ("query", "result")
 
 _ADD_BATCH = 65536  # rows transformed and added at a time: the float32 copy FAISS needs stays this small
-_SEARCH_BATCH = 4096  # queries per FAISS call
+_SEARCH_BATCH = 16384  # queries per FAISS call
 _RESCORE_BUDGET = 1 << 22  # entries of the (queries × distinct candidates) logit block while re-scoring
 
 
@@ -325,15 +325,20 @@ class GeometryIndex:
         indices_out = torch.full((q.shape[0], k), -1, dtype=torch.long)
         if n == 0 or q.shape[0] == 0:
             return Neighbours(scores_out, indices_out)
+        # FAISS searches large batches (its matrix products want them); re-scoring works on smaller blocks, whose
+        # (queries × distinct candidates) logit matrix stays within _RESCORE_BUDGET entries.
         per_block = max(1, min(_SEARCH_BATCH, int(math.sqrt(_RESCORE_BUDGET / fetch))))
-        for start in range(0, q.shape[0], per_block):
-            block = q[start:start + per_block]
-            raw, labels = self.index.search(self.transform.queries(block), fetch)
-            scores, labels = self._score(block, raw, labels, cone, radius, exact_scores)
-            order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-            width = order.shape[1]
-            scores_out[start:start + len(block), :width] = scores.gather(1, order)
-            indices_out[start:start + len(block), :width] = labels.gather(1, order)
+        for batch in range(0, q.shape[0], _SEARCH_BATCH):
+            queries_batch = q[batch:batch + _SEARCH_BATCH]
+            raw_batch, labels_batch = self.index.search(self.transform.queries(queries_batch), fetch)
+            for offset in range(0, queries_batch.shape[0], per_block):
+                rows = slice(offset, offset + per_block)
+                block = queries_batch[rows]
+                scores, labels = self._score(block, raw_batch[rows], labels_batch[rows], cone, radius, exact_scores)
+                order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+                width, start = order.shape[1], batch + offset
+                scores_out[start:start + len(block), :width] = scores.gather(1, order)
+                indices_out[start:start + len(block), :width] = labels.gather(1, order)
         return Neighbours(scores_out, indices_out)
 
     def _score(self, q: torch.Tensor, raw: np.ndarray, labels: np.ndarray, cone: str | None, radius: float,

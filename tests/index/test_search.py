@@ -269,3 +269,18 @@ def test_index_keeps_its_own_copy_of_the_points():
     after = index.search(y[:2] / 10, 3)
     assert torch.equal(before.indices, after.indices)
     torch.testing.assert_close(before.scores, after.scores)
+
+
+def test_batching_does_not_change_results(monkeypatch):
+    """Small FAISS batches and re-scoring blocks (both loops, ragged ends) give the one-batch results."""
+    import euclip.index.search as search
+
+    y = manifold_points(300, 8, "hyperbolic", 16)
+    x = manifold_points(50, 8, "hyperbolic", 17)
+    index = build_index(y, None, "hyperbolic", "distance", C)
+    whole = index.search(x, 10)
+    monkeypatch.setattr(search, "_SEARCH_BATCH", 7)
+    monkeypatch.setattr(search, "_RESCORE_BUDGET", 90)  # blocks of 3 queries
+    parts = index.search(x, 10)
+    assert torch.equal(whole.indices, parts.indices)
+    torch.testing.assert_close(whole.scores, parts.scores)
