@@ -227,7 +227,7 @@ def test_product_quantizer_dimension_hint():
     y = manifold_points(300, 32, "hyperbolic", 11)  # 32 + 1 (time) = 33 FAISS dimensions
     with pytest.raises(ValueError, match=r"have 33 FAISS dimensions, divisible by 1, 3, 11"):
         build_index(y, None, "hyperbolic", "distance", C, "PQ16")
-    index = build_index(y, None, "hyperbolic", "distance", C, "PQ3", train_size=300)
+    index = build_index(y, None, "hyperbolic", "distance", C, "PQ3x4", train_size=300)  # 16 codes: quick to train
     assert index.search(y[:3], 3).indices.shape == (3, 3)
 
 
