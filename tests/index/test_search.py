@@ -273,7 +273,7 @@ def test_index_keeps_its_own_copy_of_the_points():
 
 def test_batching_does_not_change_results(monkeypatch):
     """Small FAISS batches and re-scoring blocks (both loops, ragged ends) give the one-batch results."""
-    import euclip.index.search as search
+    from euclip.index import search
 
     y = manifold_points(300, 8, "hyperbolic", 16)
     x = manifold_points(50, 8, "hyperbolic", 17)
