@@ -118,6 +118,11 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.latest.is_file()
 
+    def final_min_radius(self, default: float = 0.1) -> float:
+        """The entailment cones' ``K`` the run ended training with (``min_radius_final`` if scheduled)."""
+        config = self.read_config()
+        return float(config.get("min_radius_final") or config.get("min_radius") or default)
+
 
 def checkpoint_path(path: str | Path) -> Path:
     """The checkpoint file a model path names: a run directory's latest checkpoint, or the file itself."""

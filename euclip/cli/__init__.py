@@ -15,7 +15,7 @@ import sys
 # Modules that add sub-commands: each has ``register(subparsers)``, which adds its parser(s) and sets ``func``
 # (taking the parsed arguments, returning the exit code). Imported only when the parser is built.
 COMMAND_MODULES: tuple[str, ...] = ("euclip.cli.train", "euclip.cli.evaluate", "euclip.cli.tools", "euclip.cli.interop",
-                                  "euclip.cli.study")
+                                  "euclip.cli.study", "euclip.cli.index")
 
 
 def build_parser() -> argparse.ArgumentParser:

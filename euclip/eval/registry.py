@@ -57,6 +57,11 @@ class EvalSettings:
                               default_text="shapes for synthetic data, wordnet for folders")
     ks: tuple[int, ...] = option((1, 5, 10), metavar="K,K,...", help="recall cut-offs")
     chunk: int = option(1024, help="block side of the retrieval score matrix (memory ~ chunk²)")
+    index: str | None = option(None, metavar="FACTORY",
+                               help="retrieve through FAISS indexes built with this factory string (Flat: exact, the "
+                                    "same recalls in bounded memory at any N; IVF1024,Flat or HNSW32: approximate)",
+                               default_text="no index: blockwise exact scores")
+    index_params: str | None = option(None, metavar="PARAMS", help="FAISS search parameters, e.g. nprobe=16")
     min_radius: float | None = option(None, metavar="K", help="K of the entailment cones",
                                       default_text="the run's final K, or 0.1")
     traversal_images: int = option(100, metavar="N", help="synthetic images walked toward the root",
@@ -198,5 +203,4 @@ class EvalContext:
         """K of the entailment cones: the setting, else the run's final K (``min_radius_final`` if scheduled)."""
         if self.settings.min_radius is not None:
             return self.settings.min_radius
-        config = self.run.read_config() if self.run is not None else {}
-        return float(config.get("min_radius_final") or config.get("min_radius") or 0.1)
+        return self.run.final_min_radius() if self.run is not None else 0.1

@@ -121,7 +121,7 @@ def _recall(direction: str, k: int) -> Metric:
 
 
 @register_evaluation(
-    "retrieval", title="Retrieval", requires=("captions",), settings=("ks", "chunk"),
+    "retrieval", title="Retrieval", requires=("captions",), settings=("ks", "chunk", "index", "index_params"),
     summary="image→text and text→image recall@1/5/10 with the model's geometry",
     description="Zero-shot retrieval: every image is scored against every caption with the geometry's own logit "
                 "(computed in blocks, so 100k pairs fit in memory); an image counts as retrieved if any of its "
@@ -131,10 +131,16 @@ def _recall(direction: str, k: int) -> Metric:
              Metric("mean_recall", "mean recall", ("mean_recall",), "pct"),
              Metric("pairs", "pairs", ("num_texts",), "int", None)),
     examples=("euclip eval retrieval runs/meru --num-samples 2000",
-              "euclip eval retrieval runs/meru --dataset-type csv --data val.tsv --csv-img-key filepath"))
+              "euclip eval retrieval runs/meru --dataset-type csv --data val.tsv --csv-img-key filepath",
+              "euclip eval retrieval runs/meru --num-samples 100000 --index Flat   # bounded memory at any N"))
 def retrieval(ctx: EvalContext) -> dict:
     emb = ctx.embeddings()
-    results = retrieval_from_embeddings(emb, ctx.settings.ks, ctx.settings.chunk)
+    if ctx.settings.index:
+        from euclip.index import retrieval_recall
+
+        results = retrieval_recall(emb, ctx.settings.ks, ctx.settings.index, ctx.settings.index_params)
+    else:
+        results = retrieval_from_embeddings(emb, ctx.settings.ks, ctx.settings.chunk)
     results.update(geometry=emb.geometry, logit=emb.logit, curvature=emb.curvature, chunk=ctx.settings.chunk,
                    skipped_images=emb.skipped)
     return results

@@ -8,9 +8,10 @@ the image and the prototype.
 
 The registered evaluation ``zeroshot`` classifies
 
-* synthetic images by shape (15 classes, the primary task), colour (12) and colour + shape (the 180
-  combinations, "compositional"); on the test split also the held-out colour–shape combinations (the
-  ``heldout`` split: shapes, and combinations among all 180);
+* synthetic images by shape (15 classes, the primary task), colour (12; a colour's prototype averages its
+  prompts with every shape, "the red triangle", ..., as training captions name colours only with a shape) and
+  colour + shape (the 180 combinations, "compositional"); on the test split also the held-out colour–shape
+  combinations (the ``heldout`` split: shapes, and combinations among all 180);
 * labelled images (an image folder, ``--dataset-type folder``; a CLIP_benchmark classification set) by their
   classes, with class names from :mod:`euclip.eval.classnames` (folders) or the set, and templates from
   :mod:`euclip.eval.folders` or the set.
@@ -102,7 +103,10 @@ def _synthetic_tasks(ctx: EvalContext) -> dict[str, dict]:
         shapes = [SHAPES.index(i["shape"]) for i in info]
         tasks[prefix + "shape"] = _task(ctx, emb, list(SHAPES), shapes, templates)
         if not prefix:
-            tasks["color"] = _task(ctx, emb, list(COLORS), [COLORS.index(i["color"]) for i in info], templates)
+            # Colours are named in training only with a shape ("a red triangle"): a colour's prototype averages the
+            # prompts of that colour with every shape, so that every prompt is a caption the model has seen.
+            with_shapes = [t.replace("{}", "{} " + shape) for shape in SHAPES for t in templates]
+            tasks["color"] = _task(ctx, emb, list(COLORS), [COLORS.index(i["color"]) for i in info], with_shapes)
         composition = [COLORS.index(i["color"]) * len(SHAPES) + s for i, s in zip(info, shapes)]
         tasks[prefix + "composition"] = _task(ctx, emb, combos, composition, templates)
     return tasks
