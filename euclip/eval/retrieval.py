@@ -61,21 +61,8 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     Raises:
         ValueError: mismatched shapes, an image without captions, a caption pointing at no image, bad ``ks``.
     """
+    text_to_image = check_retrieval_inputs(image_emb, text_emb, text_to_image, ks)
     n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
-    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long).cpu()
-    if image_emb.dim() != 2 or text_emb.dim() != 2 or image_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(f"need (N_i, D) and (N_t, D) embeddings, got {tuple(image_emb.shape)} and "
-                         f"{tuple(text_emb.shape)}")
-    if text_to_image.shape != (n_txt,):
-        raise ValueError(f"text_to_image must have shape ({n_txt},), got {tuple(text_to_image.shape)}")
-    if n_img == 0 or n_txt == 0:
-        raise ValueError("retrieval needs at least one image and one caption")
-    if text_to_image.min() < 0 or text_to_image.max() >= n_img:
-        raise ValueError(f"text_to_image has entries outside [0, {n_img})")
-    if torch.bincount(text_to_image, minlength=n_img).min() == 0:
-        raise ValueError("every image needs at least one caption (text_to_image misses some images)")
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     k_max = max(ks)
@@ -97,15 +84,42 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
             top = block.T.topk(k_cols, dim=1)
             txt_vals[bj], txt_idx[bj] = _merge_topk(txt_vals[bj], txt_idx[bj], top.values, top.indices + i0, k_max)
             del block, top
-    best_texts = torch.cat(img_idx).cpu()  # (N_i, min(k_max, N_t)) caption indices, best first
-    best_images = torch.cat(txt_idx).cpu()  # (N_t, min(k_max, N_i))
+    # (N_i, min(k_max, N_t)) caption indices and (N_t, min(k_max, N_i)) image indices, best first
+    return recalls(torch.cat(img_idx).cpu(), torch.cat(txt_idx).cpu(), text_to_image, ks)
+
+
+def check_retrieval_inputs(image: torch.Tensor, text: torch.Tensor, text_to_image, ks: Sequence[int]) -> torch.Tensor:
+    """Validate retrieval inputs (raises ValueError naming what is wrong); returns ``text_to_image`` as CPU longs."""
+    n_img, n_txt = image.shape[0], text.shape[0]
+    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long).cpu()
+    if image.dim() != 2 or text.dim() != 2 or image.shape[1] != text.shape[1]:
+        raise ValueError(f"need (N_i, D) and (N_t, D) embeddings, got {tuple(image.shape)} and {tuple(text.shape)}")
+    if text_to_image.shape != (n_txt,):
+        raise ValueError(f"text_to_image must have shape ({n_txt},), got {tuple(text_to_image.shape)}")
+    if n_img == 0 or n_txt == 0:
+        raise ValueError("retrieval needs at least one image and one caption")
+    if text_to_image.min() < 0 or text_to_image.max() >= n_img:
+        raise ValueError(f"text_to_image has entries outside [0, {n_img})")
+    if torch.bincount(text_to_image, minlength=n_img).min() == 0:
+        raise ValueError("every image needs at least one caption (text_to_image misses some images)")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return text_to_image
+
+
+def recalls(best_texts: torch.Tensor, best_images: torch.Tensor, text_to_image: torch.Tensor,
+            ks: Sequence[int]) -> dict:
+    """Recall@k both ways from each image's best captions ``(N_i, k)`` and each caption's best images ``(N_t, k)``
+    (best first; −1 marks a missing result, which never matches)."""
+    n_img, n_txt = best_texts.shape[0], best_images.shape[0]
     # image → text: a hit at rank r if the r-th best caption describes this image.
-    i2t_hit = text_to_image[best_texts] == torch.arange(n_img)[:, None]
+    owner = torch.where(best_texts >= 0, text_to_image[best_texts.clamp_min(0)], -1)
+    i2t_hit = owner == torch.arange(n_img)[:, None]
     t2i_hit = best_images == text_to_image[:, None]
     i2t = {f"R@{k}": i2t_hit[:, :k].any(1).float().mean().item() for k in ks}
     t2i = {f"R@{k}": t2i_hit[:, :k].any(1).float().mean().item() for k in ks}
-    recalls = list(i2t.values()) + list(t2i.values())
-    return {"image_to_text": i2t, "text_to_image": t2i, "mean_recall": sum(recalls) / len(recalls),
+    values = list(i2t.values()) + list(t2i.values())
+    return {"image_to_text": i2t, "text_to_image": t2i, "mean_recall": sum(values) / len(values),
             "num_images": n_img, "num_texts": n_txt, "ks": list(ks)}
 
 

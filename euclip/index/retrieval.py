@@ -40,21 +40,10 @@ def retrieval_recall(emb, ks: Sequence[int] = (1, 5, 10), factory: str = "Flat",
     Raises:
         ValueError: mismatched shapes, an image without captions, a caption pointing at no image, bad ``ks``.
     """
+    from euclip.eval.retrieval import check_retrieval_inputs, recalls
+
     image, text = torch.as_tensor(emb.image), torch.as_tensor(emb.text)
-    text_to_image = torch.as_tensor(emb.text_to_image, dtype=torch.long).cpu()
-    n_img, n_txt = image.shape[0], text.shape[0]
-    if image.dim() != 2 or text.dim() != 2 or image.shape[1] != text.shape[1]:
-        raise ValueError(f"need (N_i, D) and (N_t, D) embeddings, got {tuple(image.shape)} and {tuple(text.shape)}")
-    if text_to_image.shape != (n_txt,):
-        raise ValueError(f"text_to_image must have shape ({n_txt},), got {tuple(text_to_image.shape)}")
-    if n_img == 0 or n_txt == 0:
-        raise ValueError("retrieval needs at least one image and one caption")
-    if text_to_image.min() < 0 or text_to_image.max() >= n_img:
-        raise ValueError(f"text_to_image has entries outside [0, {n_img})")
-    if torch.bincount(text_to_image, minlength=n_img).min() == 0:
-        raise ValueError("every image needs at least one caption (text_to_image misses some images)")
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    text_to_image = check_retrieval_inputs(image, text, emb.text_to_image, ks)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k_max = max(ks)
@@ -66,15 +55,6 @@ def retrieval_recall(emb, ks: Sequence[int] = (1, 5, 10), factory: str = "Flat",
         parts = [index.search(queries[s:s + batch_size], k).indices for s in range(0, queries.shape[0], batch_size)]
         return torch.cat(parts)
 
-    best_texts = nearest(text, image)  # (N_i, min(k_max, N_t)) caption rows, best first
+    best_texts = nearest(text, image)  # (N_i, min(k_max, N_t)) caption rows, best first (-1: fewer found)
     best_images = nearest(image, text)  # (N_t, min(k_max, N_i))
-    # -1 (an approximate index that found fewer than k) never matches an image row.
-    owner_of_best = torch.where(best_texts >= 0, text_to_image[best_texts.clamp_min(0)], -1)
-    i2t_hit = owner_of_best == torch.arange(n_img)[:, None]
-    t2i_hit = best_images == text_to_image[:, None]
-    i2t = {f"R@{k}": i2t_hit[:, :k].any(1).float().mean().item() for k in ks}
-    t2i = {f"R@{k}": t2i_hit[:, :k].any(1).float().mean().item() for k in ks}
-    recalls = list(i2t.values()) + list(t2i.values())
-    return {"image_to_text": i2t, "text_to_image": t2i, "mean_recall": sum(recalls) / len(recalls),
-            "num_images": n_img, "num_texts": n_txt, "ks": list(ks), "factory": factory,
-            "search_params": search_params}
+    return {**recalls(best_texts, best_images, text_to_image, ks), "factory": factory, "search_params": search_params}
