@@ -1,21 +1,29 @@
 """Pairwise losses over an ``(R, C)`` logit matrix computed in row blocks: memory O(block · C), not O(R · C).
 
 At 32,768 pairs one float32 ``(B, B)`` matrix is 4 GiB, and autograd through a loss keeps several of them
-(the logits, the softmax, the geometry's own). Here the forward pass streams over blocks of rows without
-autograd and keeps only ``(R,)`` and ``(C,)`` statistics; the backward pass recomputes each block's logits
-*with* autograd, forms the block's gradient in closed form and pushes it into the features and the scalars
-through the geometry's own (fused) backward. At most one block of the matrix and its softmax is alive at
-any moment, forward or backward, and the gradients equal those of the whole-matrix loss up to rounding.
+(the logits, the softmax, the geometry's own). Here a loss streams over blocks of rows and keeps only
+``(R,)``/``(C,)`` statistics and ``(R, D)``/``(C, D)`` gradients: at most one block of the matrix, its softmax
+and the geometry's temporaries are alive at any moment, and the gradients equal those of the whole-matrix
+loss up to rounding. Each block's gradient ``∂L/∂z`` has a closed form; it is pushed into the features and
+the scalars through the geometry's own fused backward (autograd on the block's
+:func:`euclip.geometry.pairwise_logits`).
 
-Two losses, both over ``z = t · s(x_i, y_j) (+ b)`` with ``s`` :func:`euclip.geometry.pairwise_logits`:
+Losses over ``z = t · s(x_i, y_j) (+ b)``, ``s`` the geometry's logit:
 
 * :func:`blocked_cross_entropy`: the mean over rows of ``lse_j z_ij − mean_{j∈P_i} z_ij`` (image → text) and,
-  optionally, the same over columns (text → image). Row log-sum-exps come from one block each; column
-  log-sum-exps are accumulated over the blocks (a running ``logaddexp``). The gradient of a block is
+  optionally, the same over columns (text → image). A block's gradient is
   ``a (softmax_row − target_row) + b (softmax_col − target_col)``, with ``a``, ``b`` the incoming gradients
-  divided by the number of rows and columns.
+  divided by the numbers of rows and columns.
 * :func:`blocked_sigmoid_sum`: ``Σ_ij −log σ(y_ij z_ij)`` with ``y = +1`` on positives and −1 elsewhere;
-  each block's gradient ``σ(z) − P`` depends on that block alone.
+  a block's gradient is ``σ(z) − P``.
+
+Two schedules. A loss whose block gradients depend on that block alone (the sigmoid loss, the row-wise
+cross-entropy of ``--local-loss``) takes them in the same pass as the loss: the loss is a scalar, so its
+gradients are those of the sum times the incoming gradient, which ``backward`` applies (one matrix product
+forward and two backward, like autograd). The column-wise cross-entropy needs every row's contribution to
+each column's log-sum-exp before any gradient: its forward pass streams the statistics without autograd and
+its backward recomputes each block (one matrix product more, still fewer than OpenCLIP's ``ClipLoss``, which
+computes the logits twice).
 
 Positives ``P``: with caption ids, every entry whose ids are equal; without, the diagonal ``j = i + offset``.
 """
@@ -32,23 +40,30 @@ from torch.autograd.function import once_differentiable
 from euclip import geometry as geom
 from euclip.geometry._numerics import float32_backward, frobenius_inner
 
-# Entries in one block of the logit matrix (128 MiB in float32). With the softmax and the geometry's
-# temporaries about six such buffers are alive at once: well under OpenCLIP's ClipLoss from B ≈ 6,000 on.
-BLOCK_ENTRIES = 2**25
+# Entries of one block, per device type. CPU: a block (32 MiB in float32) and the few temporaries of its
+# elementwise maps stay in cache, which makes the blocked loss faster than the whole matrix; a GPU wants few,
+# large kernels (256 MiB blocks: 16 of them at 32,768 pairs). Matrices no larger than one block are computed
+# whole, by plain autograd: small batches keep that path.
+BLOCK_ENTRIES: dict[str, int] = {"cpu": 2**23, "cuda": 2**26}
+# Every block recomputes the columns' per-point terms (norms, their gradients: O(C · D)); at fewer rows that
+# overhead would rival the block's matrix product.
+MIN_BLOCK_ROWS = 256
 
 
-def rows_per_block(rows: int, cols: int, block_size: int | str | None) -> int | None:
+def rows_per_block(rows: int, cols: int, block_size: int | str | None, device_type: str = "cpu") -> int | None:
     """How many rows of an ``(rows, cols)`` logit matrix one block holds, or ``None`` for the whole matrix.
 
     Args:
-        block_size: ``"auto"``: blocks of about :data:`BLOCK_ENTRIES` entries when the matrix is larger than
-            one such block, else the whole matrix (small batches keep the plain autograd path); ``None``: never
-            block; a positive int: that many rows per block.
+        block_size: ``"auto"``: when the matrix is larger than :data:`BLOCK_ENTRIES` of the device type,
+            blocks of about that many entries (at least :data:`MIN_BLOCK_ROWS` rows), else the whole matrix;
+            ``None``: never block; a positive int: that many rows per block.
+        device_type: ``"cpu"``, ``"cuda"``, ... (others use the CPU's size).
     """
     if block_size is None:
         return None
     if block_size == "auto":
-        return max(1, BLOCK_ENTRIES // max(cols, 1)) if rows * cols > BLOCK_ENTRIES else None
+        entries = BLOCK_ENTRIES.get(device_type, BLOCK_ENTRIES["cpu"])
+        return max(MIN_BLOCK_ROWS, entries // max(cols, 1)) if rows * cols > entries else None
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, 'auto' or None, got {block_size!r}")
     return block_size
@@ -63,6 +78,24 @@ class _Plan:
     rows_per_block: int
     diagonal: int | None  # column of row 0's own pair (rows i ↔ column i + diagonal); None: no own pairs
     columns: bool = False  # cross-entropy only: also the column-wise (text → image) loss
+    # Whether autograd will differentiate the call (inside forward, needs_input_grad ignores torch.no_grad()).
+    with_grad: bool = True
+
+
+def softplus_of_minus_yz(z: torch.Tensor, positives: torch.Tensor | None, diagonal: int | None) -> torch.Tensor:
+    """``Σ −log σ(y ∘ z) = Σ softplus(−y ∘ z)`` with ``y = +1`` on ``positives`` (or the ``diagonal``), −1 elsewhere.
+
+    Not ``F.logsigmoid``: its CPU kernel always runs multi-threaded, a thread wake-up per call even on a few
+    entries (about 6 ms each on a busy two-core machine). ``threshold=40``: softplus is linear beyond it, with
+    an error e^−40, below float64's resolution (the default 20 leaves 2e-9).
+    """
+    if positives is not None:
+        flipped = torch.where(positives, z.neg(), z)
+    else:
+        flipped = z.clone()
+        if diagonal is not None:
+            flipped.diagonal(diagonal).neg_()
+    return F.softplus(flipped, threshold=40).sum()
 
 
 def _blocks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -75,52 +108,47 @@ def _positive_mask(row_ids: torch.Tensor | None, col_ids: torch.Tensor | None, s
     return None if row_ids is None else row_ids[start:stop, None] == col_ids[None, :]
 
 
-def _diagonal_sums(s: torch.Tensor, plan: _Plan, start: int) -> torch.Tensor:
+def _diagonal_sum(s: torch.Tensor, plan: _Plan, start: int) -> torch.Tensor:
     """Σ of the block's own-pair entries (0 where the matrix has none)."""
     if plan.diagonal is None:
         return s.new_zeros(())
     return s.diagonal(plan.diagonal + start).sum()
 
 
-def _push_blocks(ctx, block_gradient: Callable[[torch.Tensor, int, int], torch.Tensor]
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Recompute each block's geometry logits ``s`` with autograd and back-propagate ``block_gradient``.
+def _stream(x: torch.Tensor, y: torch.Tensor, curvature: torch.Tensor, plan: _Plan, need: tuple[bool, bool, bool],
+            visit: Callable[[torch.Tensor, int, int], torch.Tensor | None]
+            ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """One pass over the row blocks of ``s = pairwise_logits(x, y)``, back-propagating what ``visit`` returns.
 
-    ``block_gradient(s, start, stop)`` returns ``∂L/∂s`` of rows ``start:stop`` (it may reuse ``s``'s
-    memory only through new tensors: ``s`` is needed by the geometry's backward). Returns the gradients of
-    ``x``, ``y`` and the curvature (``None`` where not needed).
+    ``visit(s, start, stop)`` sees each block's logits (detached, not to be modified: the geometry's backward
+    needs them) and returns ``∂L/∂s`` for rows ``start:stop``, or ``None``. ``need`` says which of ``x``, ``y``,
+    the curvature want gradients; with none the pass runs without autograd. Returns those gradients (``None``
+    where not needed).
     """
-    x, y, curvature = ctx.saved_tensors[:3]
-    plan: _Plan = ctx.plan
-    need_x, need_y, need_c = ctx.need_x, ctx.need_y, ctx.need_c
-    grad_x = torch.empty_like(x) if need_x else None
+    need_x, need_y, need_c = need
+    grad_x = torch.zeros_like(x) if need_x else None
     grad_y = torch.zeros_like(y) if need_y else None
     grad_c = torch.zeros_like(curvature) if need_c else None
     y_leaf = y.detach().requires_grad_(need_y)
     c_leaf = curvature.detach().requires_grad_(need_c)
     for start, stop in _blocks(x.shape[0], plan.rows_per_block):
         x_leaf = x[start:stop].detach().requires_grad_(need_x)
-        inputs = [t for t, need in ((x_leaf, need_x), (y_leaf, need_y), (c_leaf, need_c)) if need]
+        inputs = [t for t, wanted in ((x_leaf, need_x), (y_leaf, need_y), (c_leaf, need_c)) if wanted]
         with torch.enable_grad() if inputs else torch.no_grad():
             s = geom.pairwise_logits(x_leaf, y_leaf, plan.geometry, plan.logit, c_leaf)
         with torch.no_grad():
-            grad_s = block_gradient(s.detach(), start, stop)
-        if not inputs:
+            grad_s = visit(s.detach(), start, stop)
+        if grad_s is None or not inputs:
             continue
         # The curvature is unused outside the hyperbolic geometry: allow_unused, and None means 0.
         grads = iter(torch.autograd.grad(s, inputs, grad_s, allow_unused=True))
         del s, grad_s
-        if need_x:
-            g = next(grads)
-            grad_x[start:stop] = 0 if g is None else g
-        if need_y:
-            g = next(grads)
-            if g is not None:
-                grad_y += g
-        if need_c:
-            g = next(grads)
-            if g is not None:
-                grad_c += g
+        for wanted, total, rows in ((need_x, grad_x, slice(start, stop)), (need_y, grad_y, slice(None)),
+                                    (need_c, grad_c, ...)):
+            if wanted:
+                g = next(grads)
+                if g is not None:
+                    total[rows] += g
     return grad_x, grad_y, grad_c
 
 
@@ -130,66 +158,99 @@ class _BlockedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, curvature, scale, row_ids, col_ids, plan: _Plan):
         rows, cols = x.shape[0], y.shape[0]
-        row_lse, row_positive = x.new_empty(rows), x.new_empty(rows)
-        row_count = col_count = col_lse = col_positive = None
-        if row_ids is not None:
-            row_count = x.new_empty(rows)
+        # A log-sum-exp is kept as (max, log Σ exp(z − max)): the softmax exp((z − max) − log Σ) of the entries
+        # near the max is then as accurate as log_softmax's, where exp(z − lse) would carry lse's rounding
+        # (eps · |lse|) into every entry of the row and, summed, into the logit scale's gradient.
+        row_max, row_log_sum, row_positive = x.new_empty(rows), x.new_empty(rows), x.new_empty(rows)
+        row_count = x.new_empty(rows) if row_ids is not None else None
+        col = {}
         if plan.columns:
-            col_lse = x.new_full((cols,), float("-inf"))
-            col_positive = x.new_zeros(cols)
-            if row_ids is not None:
-                col_count = x.new_zeros(cols)
-        diagonal_sum, total_sum = x.new_zeros(()), x.new_zeros(())
-        for start, stop in _blocks(rows, plan.rows_per_block):
-            s = geom.pairwise_logits(x[start:stop], y, plan.geometry, plan.logit, curvature)
-            diagonal_sum += _diagonal_sums(s, plan, start)
-            total_sum += s.sum()
-            z = s.mul_(scale)
-            row_lse[start:stop] = torch.logsumexp(z, 1)
-            if plan.columns:
-                col_lse = torch.logaddexp(col_lse, torch.logsumexp(z, 0))
+            col = dict(max=x.new_full((cols,), float("-inf")), sum=x.new_zeros(cols), positive=x.new_zeros(cols),
+                       count=x.new_zeros(cols) if row_ids is not None else None)
+        sums = dict(diagonal=x.new_zeros(()), total=x.new_zeros(()), scale=x.new_zeros(()))
+        # Without columns a block's gradient is known in the same pass (a = 1/R: that of the mean over rows).
+        eager = not plan.columns and plan.with_grad and any(ctx.needs_input_grad[:4])
+        need = tuple(ctx.needs_input_grad[:3]) if eager else (False, False, False)
+
+        def visit(s: torch.Tensor, start: int, stop: int) -> torch.Tensor | None:
+            sums["diagonal"] += _diagonal_sum(s, plan, start)
+            sums["total"] += s.sum()
+            z = torch.mul(s, scale)
+            block_max = z.amax(1)
+            row_max[start:stop] = block_max
+            softmax = torch.sub(z, block_max[:, None]).exp_()
+            block_sum = softmax.sum(1)
+            row_log_sum[start:stop] = block_sum.log()
+            if plan.columns:  # a running (max, Σ exp(z − max)) per column over the blocks
+                running = torch.maximum(col["max"], z.amax(0))
+                col["sum"].mul_(torch.exp(col["max"] - running)).add_(torch.sub(z, running).exp_().sum(0))
+                col["max"] = running
             positives = _positive_mask(row_ids, col_ids, start, stop)
             if positives is None:
                 own = z.diagonal(plan.diagonal + start)
                 row_positive[start:stop] = own
                 if plan.columns:
-                    col_positive[plan.diagonal + start:plan.diagonal + stop] = own
+                    col["positive"][plan.diagonal + start:plan.diagonal + stop] = own
             else:
                 masked = torch.where(positives, z, 0.0)
                 count = positives.sum(1)
                 row_count[start:stop] = count
                 row_positive[start:stop] = masked.sum(1) / count
                 if plan.columns:
-                    col_positive += masked.sum(0)
-                    col_count += positives.sum(0)
+                    col["positive"] += masked.sum(0)
+                    col["count"] += positives.sum(0)
                 del masked
-            del z, s
-        loss_rows = (row_lse - row_positive).mean()
+            if not eager:
+                return None
+            # ∂(mean over rows)/∂z = (softmax − target) / R.
+            w = softmax.div_(block_sum[:, None] * rows)
+            if positives is None:
+                w.diagonal(plan.diagonal + start).sub_(1 / rows)
+            else:
+                w.sub_(torch.where(positives, 1 / (rows * row_count[start:stop, None]), 0.0))
+            sums["scale"] += frobenius_inner(w, s)
+            return w.mul_(scale)
+
+        grad_x, grad_y, grad_c = _stream(x, y, curvature, plan, need, visit)
+        loss_rows = ((row_max - row_positive) + row_log_sum).mean()
+        col_log_sum = None
         if plan.columns:
-            loss_cols = (col_lse - (col_positive if col_count is None else col_positive / col_count)).mean()
+            col_log_sum = col["sum"].log_()
+            positive = col["positive"] if col["count"] is None else col["positive"] / col["count"]
+            loss_cols = ((col["max"] - positive) + col_log_sum).mean()
         else:
             loss_cols = x.new_zeros(())
-        ctx.plan = plan
+        ctx.plan, ctx.eager = plan, eager
         ctx.need_x, ctx.need_y, ctx.need_c, ctx.need_scale = ctx.needs_input_grad[:4]
-        ctx.save_for_backward(x, y, curvature, scale, row_lse, col_lse, row_count, col_count, row_ids, col_ids)
-        ctx.mark_non_differentiable(diagonal_sum, total_sum)
-        return loss_rows, loss_cols, diagonal_sum, total_sum
+        if eager:  # the gradients of the mean over rows, to be multiplied by the incoming gradient
+            ctx.save_for_backward(grad_x, grad_y, grad_c, sums["scale"])
+        else:
+            ctx.save_for_backward(x, y, curvature, scale, row_max, row_log_sum, col.get("max"), col_log_sum,
+                                  row_count, col.get("count"), row_ids, col_ids)
+        ctx.mark_non_differentiable(sums["diagonal"], sums["total"])
+        return loss_rows, loss_cols, sums["diagonal"], sums["total"]
 
     @staticmethod
     @once_differentiable
     @float32_backward
     def backward(ctx, grad_rows, grad_cols, _grad_diagonal, _grad_total):
-        x, y, curvature, scale, row_lse, col_lse, row_count, col_count, row_ids, col_ids = ctx.saved_tensors
+        if ctx.eager:
+            grads = tuple(None if g is None or not wanted else g * grad_rows
+                          for g, wanted in zip(ctx.saved_tensors, (ctx.need_x, ctx.need_y, ctx.need_c,
+                                                                   ctx.need_scale)))
+            return (*grads, None, None, None)
+        (x, y, curvature, scale, row_max, row_log_sum, col_max, col_log_sum, row_count, col_count, row_ids,
+         col_ids) = ctx.saved_tensors
         plan: _Plan = ctx.plan
         a = grad_rows / x.shape[0]  # ∂L/∂z = a (softmax_row − target_row) + b (softmax_col − target_col)
         b = grad_cols / y.shape[0] if plan.columns else None
         grad_scale = torch.zeros_like(scale)
 
-        def block_gradient(s: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        def visit(s: torch.Tensor, start: int, stop: int) -> torch.Tensor:
             nonlocal grad_scale
-            w = torch.mul(s, scale).sub_(row_lse[start:stop, None]).exp_().mul_(a)
+            w = torch.mul(s, scale).sub_(row_max[start:stop, None]).sub_(row_log_sum[start:stop, None]).exp_().mul_(a)
             if plan.columns:
-                w.add_(torch.mul(s, scale).sub_(col_lse).exp_().mul_(b))
+                w.add_(torch.mul(s, scale).sub_(col_max).sub_(col_log_sum).exp_().mul_(b))
             positives = _positive_mask(row_ids, col_ids, start, stop)
             if positives is None:
                 own = w.diagonal(plan.diagonal + start)
@@ -205,64 +266,55 @@ class _BlockedCrossEntropy(torch.autograd.Function):
                 grad_scale = grad_scale + frobenius_inner(w, s)  # z = t·s: ∂L/∂t = Σ ∂L/∂z ∘ s
             return w.mul_(scale)
 
-        grad_x, grad_y, grad_c = _push_blocks(ctx, block_gradient)
+        grad_x, grad_y, grad_c = _stream(x, y, curvature, plan, (ctx.need_x, ctx.need_y, ctx.need_c), visit)
         return grad_x, grad_y, grad_c, grad_scale if ctx.need_scale else None, None, None, None
 
 
 class _BlockedSigmoid(torch.autograd.Function):
-    """``Σ −log σ(y ∘ (t · s(x, y) + b))``, block by block; see :func:`blocked_sigmoid_sum`."""
+    """``Σ −log σ(y ∘ (t · s(x, y) + b))``, block by block, gradients in the same pass; see :func:`blocked_sigmoid_sum`."""
 
     @staticmethod
     def forward(ctx, x, y, curvature, scale, bias, row_ids, col_ids, plan: _Plan):
-        loss = x.new_zeros(())
-        diagonal_sum, total_sum = x.new_zeros(()), x.new_zeros(())
-        for start, stop in _blocks(x.shape[0], plan.rows_per_block):
-            s = geom.pairwise_logits(x[start:stop], y, plan.geometry, plan.logit, curvature)
-            diagonal_sum += _diagonal_sums(s, plan, start)
-            total_sum += s.sum()
-            yz = s.mul_(scale).add_(bias).neg_()  # y ∘ z with y = −1 everywhere, then +1 on the positives
-            positives = _positive_mask(row_ids, col_ids, start, stop)
-            if positives is None:
-                if plan.diagonal is not None:
-                    yz.diagonal(plan.diagonal + start).neg_()
-            else:
-                yz = torch.where(positives, yz.neg(), yz)
-            # −log σ rather than softplus(−·): torch's softplus is linear beyond 20, a 1e-9 relative error.
-            loss -= F.logsigmoid(yz).sum()
-            del yz, s
-        ctx.plan = plan
-        ctx.need_x, ctx.need_y, ctx.need_c, ctx.need_scale, ctx.need_bias = ctx.needs_input_grad[:5]
-        ctx.save_for_backward(x, y, curvature, scale, bias, row_ids, col_ids)
-        ctx.mark_non_differentiable(diagonal_sum, total_sum)
-        return loss, diagonal_sum, total_sum
+        sums = dict(loss=x.new_zeros(()), diagonal=x.new_zeros(()), total=x.new_zeros(()), scale=x.new_zeros(()),
+                    bias=x.new_zeros(()))
+        eager = plan.with_grad and any(ctx.needs_input_grad[:5])
 
-    @staticmethod
-    @once_differentiable
-    @float32_backward
-    def backward(ctx, grad_loss, _grad_diagonal, _grad_total):
-        x, y, curvature, scale, bias, row_ids, col_ids = ctx.saved_tensors
-        plan: _Plan = ctx.plan
-        grad_scale, grad_bias = torch.zeros_like(scale), torch.zeros_like(bias)
-
-        def block_gradient(s: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-            nonlocal grad_scale, grad_bias
-            w = torch.mul(s, scale).add_(bias).sigmoid_()  # ∂/∂z −log σ(y z) = σ(z) − [y = +1]
+        def visit(s: torch.Tensor, start: int, stop: int) -> torch.Tensor | None:
+            sums["diagonal"] += _diagonal_sum(s, plan, start)
+            sums["total"] += s.sum()
+            z = torch.mul(s, scale).add_(bias)
             positives = _positive_mask(row_ids, col_ids, start, stop)
+            sums["loss"] += softplus_of_minus_yz(z, positives, None if plan.diagonal is None else plan.diagonal + start)
+            if not eager:
+                return None
+            w = z.sigmoid_()  # ∂/∂z −log σ(y z) = σ(z) − [y = +1]
             if positives is None:
                 if plan.diagonal is not None:
                     w.diagonal(plan.diagonal + start).sub_(1)
             else:
                 w.sub_(positives.to(w.dtype))
-            w.mul_(grad_loss)
-            if ctx.need_bias:
-                grad_bias = grad_bias + w.sum()
-            if ctx.need_scale:
-                grad_scale = grad_scale + frobenius_inner(w, s)
+            sums["bias"] += w.sum()
+            sums["scale"] += frobenius_inner(w, s)
             return w.mul_(scale)
 
-        grad_x, grad_y, grad_c = _push_blocks(ctx, block_gradient)
-        return (grad_x, grad_y, grad_c, grad_scale if ctx.need_scale else None,
-                grad_bias if ctx.need_bias else None, None, None, None)
+        grad_x, grad_y, grad_c = _stream(x, y, curvature, plan, tuple(ctx.needs_input_grad[:3]) if eager
+                                         else (False, False, False), visit)
+        ctx.need = ctx.needs_input_grad[:5]
+        ctx.save_for_backward(grad_x, grad_y, grad_c, sums["scale"], sums["bias"])
+        ctx.mark_non_differentiable(sums["diagonal"], sums["total"])
+        return sums["loss"], sums["diagonal"], sums["total"]
+
+    @staticmethod
+    @once_differentiable
+    @float32_backward
+    def backward(ctx, grad_loss, _grad_diagonal, _grad_total):
+        grads = tuple(g * grad_loss if wanted and g is not None else None
+                      for g, wanted in zip(ctx.saved_tensors, ctx.need))
+        return (*grads, None, None, None)
+
+
+def _with_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, diagonal: int | None, row_ids, col_ids) -> None:
@@ -298,7 +350,7 @@ def blocked_cross_entropy(x: torch.Tensor, y: torch.Tensor, geometry: str, logit
     _check(x, y, diagonal, row_ids, col_ids)
     if columns and row_ids is None and (x.shape[0] != y.shape[0] or diagonal != 0):
         raise ValueError("the column-wise loss without caption ids needs a square matrix with diagonal 0")
-    plan = _Plan(geometry, logit, rows_per_block, diagonal, columns)
+    plan = _Plan(geometry, logit, rows_per_block, diagonal, columns, _with_grad(x, y, scale, curvature))
     return _BlockedCrossEntropy.apply(x, y, curvature, scale, row_ids, col_ids, plan)
 
 
@@ -319,5 +371,5 @@ def blocked_sigmoid_sum(x: torch.Tensor, y: torch.Tensor, geometry: str, logit: 
         logits ``s`` on the own pairs and over the matrix (detached).
     """
     _check(x, y, diagonal, row_ids, col_ids)
-    plan = _Plan(geometry, logit, rows_per_block, diagonal)
+    plan = _Plan(geometry, logit, rows_per_block, diagonal, with_grad=_with_grad(x, y, scale, bias, curvature))
     return _BlockedSigmoid.apply(x, y, curvature, scale, bias, row_ids, col_ids, plan)

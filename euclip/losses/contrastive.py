@@ -95,9 +95,10 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
             entailment = torch.zeros((), dtype=dtype, device=image.device)
         if distributed and local_loss:
             offset = dist.get_rank() * image.shape[0]
-            rows = rows_per_block(image.shape[0], all_text.shape[0], block_size)
+            rows = rows_per_block(image.shape[0], all_text.shape[0], block_size, image.device.type)
         else:
-            offset, rows = 0, rows_per_block(all_image.shape[0], all_text.shape[0], block_size)
+            offset, rows = 0, rows_per_block(all_image.shape[0], all_text.shape[0], block_size,
+                                             image.device.type)
         if rows is not None:
             c = torch.as_tensor(curvature, dtype=dtype, device=image.device).to(dtype)
             if distributed and local_loss:

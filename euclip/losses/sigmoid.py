@@ -29,11 +29,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from euclip import geometry as geom
 from euclip.losses.base import HeadScalars, Loss, LossOutput, register_loss
-from euclip.losses.blocked import blocked_sigmoid_sum, rows_per_block
+from euclip.losses.blocked import blocked_sigmoid_sum, rows_per_block, softplus_of_minus_yz
 from euclip.losses.contrastive import sum_stats
 from euclip.losses.exchange import exchange, ring_neighbours
 from euclip.losses.gather import distributed_world
@@ -53,15 +52,8 @@ def _sigmoid_sum(image: torch.Tensor, text: torch.Tensor, geometry: str, logit: 
                                    diagonal=diagonal, row_ids=image_ids, col_ids=text_ids)
     s = geom.pairwise_logits(image, text, geometry, logit, curvature)
     z = scale * s + bias
-    if image_ids is not None:
-        positives = image_ids[:, None] == text_ids[None, :]
-    elif diagonal is not None:
-        positives = torch.zeros(z.shape, dtype=torch.bool, device=z.device)
-        positives.diagonal(diagonal).fill_(True)
-    else:
-        positives = None
-    signed = -z if positives is None else torch.where(positives, z, -z)
-    loss_sum = -F.logsigmoid(signed).sum()
+    positives = None if image_ids is None else image_ids[:, None] == text_ids[None, :]
+    loss_sum = softplus_of_minus_yz(z, positives, diagonal)
     with torch.no_grad():
         own = s.diagonal(diagonal).sum() if diagonal is not None else s.new_zeros(())
         return loss_sum, own, s.sum()
@@ -113,7 +105,7 @@ def sigmoid_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, logit: 
         else:
             entailment = torch.zeros((), dtype=dtype, device=image.device)
         batch = image.shape[0]
-        rows = rows_per_block(batch, batch, block_size)
+        rows = rows_per_block(batch, batch, block_size, image.device.type)
 
         def chunk(texts: torch.Tensor, ids: torch.Tensor | None, diagonal: int | None):
             return _sigmoid_sum(image, texts, geometry, logit, scale, bias, c, diagonal, caption_ids, ids, rows)
