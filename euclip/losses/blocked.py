@@ -158,10 +158,10 @@ class _BlockedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, curvature, scale, row_ids, col_ids, plan: _Plan):
         rows, cols = x.shape[0], y.shape[0]
-        # A log-sum-exp is kept as (max, log Σ exp(z − max)): the softmax exp((z − max) − log Σ) of the entries
-        # near the max is then as accurate as log_softmax's, where exp(z − lse) would carry lse's rounding
-        # (eps · |lse|) into every entry of the row and, summed, into the logit scale's gradient.
-        row_max, row_log_sum, row_positive = x.new_empty(rows), x.new_empty(rows), x.new_empty(rows)
+        # A log-sum-exp is kept as (max, Σ exp(z − max)): the softmax exp(z − max) / Σ is then as accurate as
+        # torch's, where exp(z − lse) would carry lse's rounding (eps · |lse|) into every entry of the row and,
+        # summed, into the logit scale's gradient.
+        row_max, row_sum, row_positive = x.new_empty(rows), x.new_empty(rows), x.new_empty(rows)
         row_count = x.new_empty(rows) if row_ids is not None else None
         col = {}
         if plan.columns:
@@ -180,7 +180,7 @@ class _BlockedCrossEntropy(torch.autograd.Function):
             row_max[start:stop] = block_max
             softmax = torch.sub(z, block_max[:, None]).exp_()
             block_sum = softmax.sum(1)
-            row_log_sum[start:stop] = block_sum.log()
+            row_sum[start:stop] = block_sum
             if plan.columns:  # a running (max, Σ exp(z − max)) per column over the blocks
                 running = torch.maximum(col["max"], z.amax(0))
                 col["sum"].mul_(torch.exp(col["max"] - running)).add_(torch.sub(z, running).exp_().sum(0))
@@ -212,12 +212,10 @@ class _BlockedCrossEntropy(torch.autograd.Function):
             return w.mul_(scale)
 
         grad_x, grad_y, grad_c = _stream(x, y, curvature, plan, need, visit)
-        loss_rows = ((row_max - row_positive) + row_log_sum).mean()
-        col_log_sum = None
+        loss_rows = ((row_max - row_positive) + row_sum.log()).mean()
         if plan.columns:
-            col_log_sum = col["sum"].log_()
             positive = col["positive"] if col["count"] is None else col["positive"] / col["count"]
-            loss_cols = ((col["max"] - positive) + col_log_sum).mean()
+            loss_cols = ((col["max"] - positive) + col["sum"].log()).mean()
         else:
             loss_cols = x.new_zeros(())
         ctx.plan, ctx.eager = plan, eager
@@ -225,7 +223,7 @@ class _BlockedCrossEntropy(torch.autograd.Function):
         if eager:  # the gradients of the mean over rows, to be multiplied by the incoming gradient
             ctx.save_for_backward(grad_x, grad_y, grad_c, sums["scale"])
         else:
-            ctx.save_for_backward(x, y, curvature, scale, row_max, row_log_sum, col.get("max"), col_log_sum,
+            ctx.save_for_backward(x, y, curvature, scale, row_max, row_sum, col.get("max"), col.get("sum"),
                                   row_count, col.get("count"), row_ids, col_ids)
         ctx.mark_non_differentiable(sums["diagonal"], sums["total"])
         return loss_rows, loss_cols, sums["diagonal"], sums["total"]
@@ -239,18 +237,22 @@ class _BlockedCrossEntropy(torch.autograd.Function):
                           for g, wanted in zip(ctx.saved_tensors, (ctx.need_x, ctx.need_y, ctx.need_c,
                                                                    ctx.need_scale)))
             return (*grads, None, None, None)
-        (x, y, curvature, scale, row_max, row_log_sum, col_max, col_log_sum, row_count, col_count, row_ids,
+        (x, y, curvature, scale, row_max, row_sum, col_max, col_sum, row_count, col_count, row_ids,
          col_ids) = ctx.saved_tensors
         plan: _Plan = ctx.plan
         a = grad_rows / x.shape[0]  # ∂L/∂z = a (softmax_row − target_row) + b (softmax_col − target_col)
         b = grad_cols / y.shape[0] if plan.columns else None
+        row_factor = a / row_sum  # softmax · a = exp(z − max) · (a / Σ)
+        col_factor = b / col_sum if plan.columns else None
         grad_scale = torch.zeros_like(scale)
 
         def visit(s: torch.Tensor, start: int, stop: int) -> torch.Tensor:
             nonlocal grad_scale
-            w = torch.mul(s, scale).sub_(row_max[start:stop, None]).sub_(row_log_sum[start:stop, None]).exp_().mul_(a)
+            z = torch.mul(s, scale)
+            w = torch.sub(z, row_max[start:stop, None]).exp_().mul_(row_factor[start:stop, None])
             if plan.columns:
-                w.add_(torch.mul(s, scale).sub_(col_max).sub_(col_log_sum).exp_().mul_(b))
+                w.add_(z.sub_(col_max).exp_().mul_(col_factor))
+            del z
             positives = _positive_mask(row_ids, col_ids, start, stop)
             if positives is None:
                 own = w.diagonal(plan.diagonal + start)
