@@ -323,8 +323,8 @@ def loss_peak_memory_here(row: LossRow, batch: int, dim: int, device: str) -> fl
     return float(max(peak - before, 0))
 
 
-def loss_peak_memory(row: LossRow, batch: int, dim: int, device: str) -> float:
-    """:func:`loss_peak_memory_here`, in a fresh interpreter on CPU."""
+def loss_peak_memory(row: LossRow, batch: int, dim: int, device: str, threads: int | None = None) -> float:
+    """:func:`loss_peak_memory_here`, in a fresh interpreter on CPU (with ``threads`` intra-op threads if given)."""
     if device.startswith("cuda"):
         import torch
 
@@ -333,7 +333,9 @@ def loss_peak_memory(row: LossRow, batch: int, dim: int, device: str) -> float:
     code = ("import json, sys; from euclip import bench; a = json.loads(sys.argv[1]); "
             "print(bench.loss_peak_memory_here(bench.LossRow(**a['row']), a['batch'], a['dim'], a['device']))")
     payload = json.dumps({"row": asdict(row), "batch": batch, "dim": dim, "device": device})
-    result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, check=False)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, check=False,
+                            env=env)
     if result.returncode != 0:
         raise RuntimeError(f"memory benchmark of {row.label!r} at batch {batch} failed:\n{result.stderr}")
     return float(result.stdout.strip().splitlines()[-1])
@@ -394,12 +396,17 @@ def _add_loss_arguments(parser: argparse.ArgumentParser) -> None:
                         help="euclip's block_size: 'auto' (default), 'none' (whole matrix) or rows per block")
     parser.add_argument("--only", nargs="+", default=None, metavar="LABEL_PREFIX",
                         help="run only the rows whose label starts with one of these (the baselines always run)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (default: torch's). On a shared machine 1 is steadier: a parallel "
+                             "region waits for its slowest thread, and a busy core holds one back a whole time slice")
 
 
 def _bench_loss(args: argparse.Namespace) -> None:
     """Time and peak memory of euclip's contrastive and sigmoid losses against OpenCLIP's ClipLoss and SigLipLoss."""
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     block_size = {"auto": "auto", "none": None}.get(str(args.block_size).lower())
     if block_size is None and str(args.block_size).lower() != "none":
         block_size = int(args.block_size)
@@ -409,7 +416,7 @@ def _bench_loss(args: argparse.Namespace) -> None:
     for batch in args.batch_sizes:
         seconds = loss_step_times(rows, batch, args.dim, args.device, args.repeats)
         for row in rows:
-            peak = loss_peak_memory(row, batch, args.dim, args.device)
+            peak = loss_peak_memory(row, batch, args.dim, args.device, args.threads)
             results[(row.label, batch)] = {"seconds": seconds[row.label], "peak_bytes": peak}
             print(f"  {row.label}, B={batch}: {1e3 * seconds[row.label]:.0f} ms, {peak / 2**20:.0f} MiB",
                   file=sys.stderr, flush=True)
