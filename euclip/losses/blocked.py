@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from euclip import geometry as geom
+from euclip.geometry import hyperbolic
 from euclip.geometry._numerics import float32_backward, frobenius_inner
 
 # Entries of one block, per device type. CPU: a block (32 MiB in float32) and the few temporaries of its
@@ -131,11 +132,29 @@ def _stream(x: torch.Tensor, y: torch.Tensor, curvature: torch.Tensor, plan: _Pl
     grad_c = torch.zeros_like(curvature) if need_c else None
     y_leaf = y.detach().requires_grad_(need_y)
     c_leaf = curvature.detach().requires_grad_(need_c)
+    recording = torch.enable_grad if any(need) else torch.no_grad
+    # The hyperbolic logits' per-column terms (norms, half radii) once for all blocks: as leaves of the blocks'
+    # graphs, whose gradients are summed over the blocks and back-propagated into y and c once, at the end. Per
+    # block they would cost O(C · D) forward and backward, a quarter of a block's own work at 512 rows, D = 512.
+    column_terms = terms = terms_grads = None
+    need_terms = need_y or need_c
+    if plan.geometry == "hyperbolic":
+        with recording():
+            column_terms = hyperbolic.point_terms(y_leaf, c_leaf)
+        terms = tuple(t.detach().requires_grad_(need_terms) for t in column_terms)
+        terms_grads = [torch.zeros_like(t) for t in terms]
     for start, stop in _blocks(x.shape[0], plan.rows_per_block):
         x_leaf = x[start:stop].detach().requires_grad_(need_x)
-        inputs = [t for t, wanted in ((x_leaf, need_x), (y_leaf, need_y), (c_leaf, need_c)) if wanted]
-        with torch.enable_grad() if inputs else torch.no_grad():
-            s = geom.pairwise_logits(x_leaf, y_leaf, plan.geometry, plan.logit, c_leaf)
+        wanted = [(x_leaf, need_x), (y_leaf, need_y), (c_leaf, need_c)]
+        if terms is not None:
+            wanted += [(t, need_terms) for t in terms]
+        inputs = [t for t, w in wanted if w]
+        with recording() if inputs else torch.no_grad():
+            if terms is None:
+                s = geom.pairwise_logits(x_leaf, y_leaf, plan.geometry, plan.logit, c_leaf)
+            else:
+                s = hyperbolic.logits_with_terms(x_leaf, y_leaf, plan.logit, c_leaf,
+                                                 hyperbolic.point_terms(x_leaf, c_leaf), terms)
         with torch.no_grad():
             grad_s = visit(s.detach(), start, stop)
         if grad_s is None or not inputs:
@@ -143,12 +162,22 @@ def _stream(x: torch.Tensor, y: torch.Tensor, curvature: torch.Tensor, plan: _Pl
         # The curvature is unused outside the hyperbolic geometry: allow_unused, and None means 0.
         grads = iter(torch.autograd.grad(s, inputs, grad_s, allow_unused=True))
         del s, grad_s
-        for wanted, total, rows in ((need_x, grad_x, slice(start, stop)), (need_y, grad_y, slice(None)),
-                                    (need_c, grad_c, ...)):
-            if wanted:
+        totals = [(need_x, grad_x, slice(start, stop)), (need_y, grad_y, slice(None)), (need_c, grad_c, ...)]
+        if terms is not None:
+            totals += [(need_terms, g, slice(None)) for g in terms_grads]
+        for w, total, rows in totals:
+            if w:
                 g = next(grads)
                 if g is not None:
                     total[rows] += g
+    if terms is not None and need_terms:
+        inputs = [t for t, w in ((y_leaf, need_y), (c_leaf, need_c)) if w]
+        grads = iter(torch.autograd.grad(column_terms, inputs, terms_grads, allow_unused=True))
+        for w, total in ((need_y, grad_y), (need_c, grad_c)):
+            if w:
+                g = next(grads)
+                if g is not None:
+                    total += g
     return grad_x, grad_y, grad_c
 
 

@@ -100,7 +100,7 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
             offset, rows = 0, rows_per_block(all_image.shape[0], all_text.shape[0], block_size,
                                              image.device.type)
         if rows is not None:
-            c = torch.as_tensor(curvature, dtype=dtype, device=image.device).to(dtype)
+            c = torch.as_tensor(curvature, dtype=dtype, device=image.device)
             if distributed and local_loss:
                 # Each direction is its own (B, W·B) matrix of this process's rows: image → texts, text → images.
                 loss_i, _, own_sum, all_sum = blocked_cross_entropy(

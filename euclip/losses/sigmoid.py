@@ -97,7 +97,7 @@ def sigmoid_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, logit: 
     with torch.autocast(device_type=image.device.type, enabled=False):
         dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
         image, text = image.to(dtype), text.to(dtype)
-        scale, bias, c = (torch.as_tensor(v, dtype=dtype, device=image.device).to(dtype)
+        scale, bias, c = (torch.as_tensor(v, dtype=dtype, device=image.device)
                           for v in (logit_scale, logit_bias, curvature))
         # The entailment term first, as in the contrastive loss: its backward then runs last.
         if entailment_weight > 0:
