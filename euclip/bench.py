@@ -17,6 +17,12 @@ Peak memory, over one forward + backward, minus what was allocated before it (th
       ``ru_maxrss``, which can only over-estimate). Tensors this large come from ``mmap`` and go back to the
       OS when freed, so this is the step's peak, plus allocator overhead, measured alike for every row.
 
+``loss``: the same for the configured losses at large batches, as ratios against OpenCLIP's own losses
+measured in the same run: the contrastive loss (every geometry × logit, MERU and EuCLIP with entailment)
+against ``open_clip.loss.ClipLoss``, and the sigmoid loss against ``open_clip.loss.SigLipLoss``, both
+with euclip's default ``block_size="auto"`` (blocked above :data:`euclip.losses.blocked.BLOCK_ENTRIES`).
+``euclip bench loss --batch-sizes 8192 16384`` (CPU) or ``--device cuda --batch-sizes 32768``.
+
 Adding a benchmark: write ``_bench_name(args)`` and ``_add_name_arguments(parser)`` and register both in
 :data:`BENCHMARKS`.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -223,8 +230,208 @@ def _bench_geometry(args: argparse.Namespace) -> None:
     print(_format_table(results, args.batch_sizes, configs))
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# loss: the configured losses against OpenCLIP's ClipLoss / SigLipLoss
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossRow:
+    """One row of the loss benchmark: which loss, its (geometry, logit), entailment weight and block size.
+
+    ``loss``: ``"contrastive"`` or ``"sigmoid"`` (euclip's), ``"clip"`` or ``"siglip"`` (OpenCLIP's baselines).
+    """
+
+    label: str
+    loss: str
+    geometry: str = "elliptic"
+    logit: str = "inner"
+    entailment_weight: float = 0.0
+    block_size: int | str | None = "auto"
+
+    @property
+    def baseline(self) -> str:
+        return "clip" if self.loss in ("contrastive", "clip") else "siglip"
+
+
+def loss_rows(losses: tuple[str, ...] = ("contrastive", "sigmoid"), block_size: int | str | None = "auto"
+              ) -> list[LossRow]:
+    """The benchmark's rows: per loss, OpenCLIP's baseline, every geometry × logit, then MERU and EuCLIP."""
+    rows = []
+    for loss in losses:
+        rows.append(LossRow(f"OpenCLIP {'ClipLoss' if loss == 'contrastive' else 'SigLipLoss'} (baseline)",
+                            "clip" if loss == "contrastive" else "siglip"))
+        rows += [LossRow(f"{loss}: {c.label.replace(' (CLIP, baseline)', ' (CLIP)')}", loss, c.geometry, c.logit,
+                         c.entailment_weight, block_size) for c in GEOMETRY_CONFIGS]
+    return rows
+
+
+def _loss_inputs(row: LossRow, batch: int, dim: int, device: str, seed: int = 0):
+    """:func:`_inputs` plus the sigmoid loss's bias (SigLIP's initial −10)."""
+    import torch
+
+    image, text, logit_scale, curvature = _inputs(LossConfig(row.label, row.geometry, row.logit), batch, dim,
+                                                  device, seed)
+    return image, text, logit_scale, torch.tensor(-10.0, device=device, requires_grad=True), curvature
+
+
+def _loss_step(row: LossRow, image, text, logit_scale, logit_bias, curvature) -> None:
+    """One forward + backward of the row's loss; gradients are dropped so that repeats do not accumulate."""
+    if row.loss == "clip":
+        from open_clip.loss import ClipLoss
+
+        total = ClipLoss()(image, text, logit_scale)
+    elif row.loss == "siglip":
+        from open_clip.loss import SigLipLoss
+
+        total = SigLipLoss()(image, text, logit_scale, logit_bias)
+    elif row.loss == "contrastive":
+        from euclip.losses import contrastive_loss
+
+        total = contrastive_loss(image, text, row.geometry, row.logit, logit_scale, curvature,
+                                 entailment_weight=row.entailment_weight, block_size=row.block_size).total
+    else:
+        from euclip.losses import sigmoid_loss
+
+        total = sigmoid_loss(image, text, row.geometry, row.logit, logit_scale, logit_bias, curvature,
+                             entailment_weight=row.entailment_weight, block_size=row.block_size).total
+    total.backward()
+    for t in (image, text, logit_scale, logit_bias, curvature):
+        t.grad = None
+
+
+def loss_peak_memory_here(row: LossRow, batch: int, dim: int, device: str) -> float:
+    """Peak bytes of one forward + backward of ``row`` beyond its inputs, in this process (see :func:`peak_memory_here`)."""
+    import torch
+
+    _loss_step(row, *_loss_inputs(row, 8, dim, device))  # warm-up
+    inputs = _loss_inputs(row, batch, dim, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        _loss_step(row, *inputs)
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - before)
+    before = _proc_status_bytes("VmRSS")
+    if _reset_peak_rss():
+        _loss_step(row, *inputs)
+        peak = _proc_status_bytes("VmHWM")
+    else:
+        import resource
+
+        _loss_step(row, *inputs)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return float(max(peak - before, 0))
+
+
+def loss_peak_memory(row: LossRow, batch: int, dim: int, device: str, threads: int | None = None) -> float:
+    """:func:`loss_peak_memory_here`, in a fresh interpreter on CPU (with ``threads`` intra-op threads if given)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+        return loss_peak_memory_here(row, batch, dim, device)
+    code = ("import json, sys; from euclip import bench; a = json.loads(sys.argv[1]); "
+            "print(bench.loss_peak_memory_here(bench.LossRow(**a['row']), a['batch'], a['dim'], a['device']))")
+    payload = json.dumps({"row": asdict(row), "batch": batch, "dim": dim, "device": device})
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, check=False,
+                            env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory benchmark of {row.label!r} at batch {batch} failed:\n{result.stderr}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def loss_step_times(rows: list[LossRow], batch: int, dim: int, device: str, repeats: int) -> dict[str, float]:
+    """Median forward + backward seconds of each row, round-robin ``repeats`` times (inputs shared per geometry)."""
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    by_geometry: dict[str, tuple] = {}
+    for row in rows:
+        if row.geometry not in by_geometry:
+            by_geometry[row.geometry] = _loss_inputs(row, batch, dim, device)
+    for row in rows:  # warm-up
+        _loss_step(row, *by_geometry[row.geometry])
+    times: dict[str, list[float]] = {row.label: [] for row in rows}
+    for _ in range(repeats):
+        for row in rows:
+            sync()
+            start = time.perf_counter()
+            _loss_step(row, *by_geometry[row.geometry])
+            sync()
+            times[row.label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def _format_loss_table(results: dict[tuple[str, int], dict[str, float]], batch_sizes: list[int],
+                       rows: list[LossRow]) -> str:
+    """Markdown: per row and batch size, time and peak memory, absolute and as a ratio to the row's OpenCLIP baseline."""
+    baselines = {row.loss: row.label for row in rows if row.loss in ("clip", "siglip")}
+    header = ["loss"]
+    for b in batch_sizes:
+        header += [f"B={b} ms", f"B={b} time ×", f"B={b} peak MiB", f"B={b} mem ×"]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|--:" * (len(header) - 1) + "|"]
+    for row in rows:
+        cells = [row.label]
+        for b in batch_sizes:
+            r = results[(row.label, b)]
+            base = results.get((baselines.get(row.baseline, ""), b))
+            time_ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "–"
+            mem_ratio = f"{r['peak_bytes'] / max(base['peak_bytes'], 1.0):.2f}" if base else "–"
+            cells += [f"{1e3 * r['seconds']:.0f}", time_ratio, f"{r['peak_bytes'] / 2**20:.0f}", mem_ratio]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _add_loss_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8192, 16384], help="batch sizes B (B×B logits)")
+    parser.add_argument("--dim", type=int, default=512, help="embedding dimension")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forward + backward passes per row (median)")
+    parser.add_argument("--losses", nargs="+", default=["contrastive", "sigmoid"], choices=["contrastive", "sigmoid"])
+    parser.add_argument("--block-size", default="auto",
+                        help="euclip's block_size: 'auto' (default), 'none' (whole matrix) or rows per block")
+    parser.add_argument("--only", nargs="+", default=None, metavar="LABEL_PREFIX",
+                        help="run only the rows whose label starts with one of these (the baselines always run)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (default: torch's). On a shared machine 1 is steadier: a parallel "
+                             "region waits for its slowest thread, and a busy core holds one back a whole time slice")
+
+
+def _bench_loss(args: argparse.Namespace) -> None:
+    """Time and peak memory of euclip's contrastive and sigmoid losses against OpenCLIP's ClipLoss and SigLipLoss."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    block_size = {"auto": "auto", "none": None}.get(str(args.block_size).lower())
+    if block_size is None and str(args.block_size).lower() != "none":
+        block_size = int(args.block_size)
+    rows = [row for row in loss_rows(tuple(args.losses), block_size)
+            if args.only is None or row.loss in ("clip", "siglip") or any(row.label.startswith(p) for p in args.only)]
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    for batch in args.batch_sizes:
+        seconds = loss_step_times(rows, batch, args.dim, args.device, args.repeats)
+        for row in rows:
+            peak = loss_peak_memory(row, batch, args.dim, args.device, args.threads)
+            results[(row.label, batch)] = {"seconds": seconds[row.label], "peak_bytes": peak}
+            print(f"  {row.label}, B={batch}: {1e3 * seconds[row.label]:.0f} ms, {peak / 2**20:.0f} MiB",
+                  file=sys.stderr, flush=True)
+    cuda = args.device.startswith("cuda")
+    machine = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    memory = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM) of a fresh process per row"
+    print(f"Loss forward + backward, D={args.dim}, median of {args.repeats}, euclip block_size={args.block_size}; "
+          f"{machine}, torch {torch.__version__}; memory: {memory}, beyond the inputs; ratios against OpenCLIP's "
+          f"ClipLoss (contrastive rows) and SigLipLoss (sigmoid rows) in the same run.\n")
+    print(_format_loss_table(results, args.batch_sizes, rows))
+
+
 BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]]] = {
     "geometry": (_bench_geometry, _add_geometry_arguments),
+    "loss": (_bench_loss, _add_loss_arguments),
 }
 
 

@@ -100,7 +100,9 @@ class _LorentzLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, nx, ny, hx, hy, curvature, power: int, sign: float):
         half_c = curvature / 2
-        h = torch.mm(x, (y * half_c).T).addr_(nx * half_c, ny, beta=-1)  # (c/2)(nx ny − x·y) >= 0 ...
+        # (c/2) scales the operand with fewer rows: a blocked loss pairs a block of rows with every column.
+        h = torch.mm(x * half_c, y.T) if x.shape[0] <= y.shape[0] else torch.mm(x, (y * half_c).T)
+        h.addr_(nx * half_c, ny, beta=-1)  # (c/2)(nx ny − x·y) >= 0 ...
         h.clamp_min_(0)  # ... up to rounding for (near-)parallel vectors.
         p, q = torch.exp(hx), torch.exp(-hy)
         radial = torch.outer(p, q).addr_(p.reciprocal(), q.reciprocal(), alpha=-1)  # 2 sinh(hx − hy)
@@ -140,11 +142,14 @@ class _LorentzLogits(torch.autograd.Function):
         # them (and the norms') to the matrix products as columns, and no (B1, B2) temporary is needed. The
         # rounding is that of P² − P⁻² computed entrywise from the same exponentials.
         p2, q2 = torch.exp(2 * hx), torch.exp(-2 * hy)
-        v_y = v @ torch.cat([y, ny[:, None], q2[:, None], q2.reciprocal()[:, None]], dim=1)
-        v_x = v.T @ torch.cat([x, nx[:, None], p2[:, None], p2.reciprocal()[:, None]], dim=1)
         half_c_scale = c / 2 * scale
+        v_y = v @ torch.cat([y, ny[:, None], q2[:, None], q2.reciprocal()[:, None]], dim=1)
+        # y's gradients come out of the product already scaled (x's side of it is the smaller one in a blocked
+        # loss, where y holds every column).
+        v_x = v.T @ torch.cat([x * -half_c_scale, (nx * half_c_scale)[:, None], p2[:, None],
+                               p2.reciprocal()[:, None]], dim=1)
         grad_x, grad_nx = -half_c_scale * v_y[:, :-3], half_c_scale * v_y[:, -3]
-        grad_y, grad_ny = -half_c_scale * v_x[:, :-3], half_c_scale * v_x[:, -3]
+        grad_y, grad_ny = v_x[:, :-3], v_x[:, -3]
         grad_hx = (scale / 2) * (p2 * v_y[:, -2] - v_y[:, -1] / p2)
         grad_hy = (-scale / 2) * (q2 * v_x[:, -2] - v_x[:, -1] / q2)
         grad_c = None
@@ -155,11 +160,31 @@ class _LorentzLogits(torch.autograd.Function):
         return grad_x, grad_y, grad_nx, grad_ny, grad_hx, grad_hy, grad_c, None, None
 
 
+def point_terms(x: torch.Tensor, curvature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-point terms of the fused pairwise logits: norms ``||x||`` and half radii ``ρ / 2``, ``(B,)`` each.
+
+    A caller that pairs the same ``y`` with many blocks of ``x`` (the blocked losses) computes ``y``'s once and
+    passes them to :func:`logits_with_terms`, instead of recomputing them, and their gradients, per block.
+    """
+    norm = x.norm(dim=-1)
+    return norm, torch.asinh(torch.sqrt(curvature) * norm) / 2
+
+
+def _power_sign(logit: str) -> tuple[int, float]:
+    return {"inner": (0, 1.0), "distance": (1, -1.0), "squared": (2, -1.0)}[logit]
+
+
+def logits_with_terms(x: torch.Tensor, y: torch.Tensor, logit: str, curvature: torch.Tensor,
+                      x_terms: tuple[torch.Tensor, torch.Tensor], y_terms: tuple[torch.Tensor, torch.Tensor]
+                      ) -> torch.Tensor:
+    """:func:`logits` from the points and their :func:`point_terms` (which carry their own gradients)."""
+    power, sign = _power_sign(logit)
+    return _LorentzLogits.apply(x, y, x_terms[0], y_terms[0], x_terms[1], y_terms[1], curvature, power, sign)
+
+
 def _lorentz_logits(x: torch.Tensor, y: torch.Tensor, curvature: torch.Tensor, power: int,
                     sign: float) -> torch.Tensor:
-    sqrt_c = torch.sqrt(curvature)
-    nx, ny = x.norm(dim=-1), y.norm(dim=-1)
-    hx, hy = torch.asinh(sqrt_c * nx) / 2, torch.asinh(sqrt_c * ny) / 2
+    (nx, hx), (ny, hy) = point_terms(x, curvature), point_terms(y, curvature)
     return _LorentzLogits.apply(x, y, nx, ny, hx, hy, curvature, power, sign)
 
 

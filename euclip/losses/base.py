@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from euclip import geometry as geom
+from euclip.losses.blocked import rows_per_block
 
 
 @dataclass
@@ -65,16 +66,21 @@ class Loss:
         local_loss: under ``torch.distributed``, each process computes its own rows against all columns.
         gather_with_grad: differentiable all-gather of the features (exact gradients with ``local_loss``).
         multi_positive: identical captions (equal caption ids) are shared positives instead of negatives.
+        block_size: rows of the logit matrix computed at once (:func:`euclip.losses.blocked.rows_per_block`):
+            ``"auto"`` blocks only matrices larger than one block (bounded memory at large batches), ``None``
+            never blocks, an int sets the rows per block.
     """
 
     name: ClassVar[str]
     needs_logit_bias: ClassVar[bool] = False
 
     def __init__(self, geometry: str, logit: str, *, local_loss: bool = False, gather_with_grad: bool = False,
-                 multi_positive: bool = True):
+                 multi_positive: bool = True, block_size: int | str | None = "auto"):
         self.geometry = geom.check_geometry(geometry)
         self.logit = geom.check_logit(logit)
         self.local_loss, self.gather_with_grad, self.multi_positive = local_loss, gather_with_grad, multi_positive
+        rows_per_block(1, 1, block_size)  # validates it
+        self.block_size = block_size
 
     def __call__(self, image: torch.Tensor, text: torch.Tensor, scalars: HeadScalars, *,
                  caption_ids: torch.Tensor | None = None, entailment_weight: float = 0.0,

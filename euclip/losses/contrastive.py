@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from euclip import geometry as geom
 from euclip.losses.base import HeadScalars, Loss, LossOutput, register_loss
+from euclip.losses.blocked import blocked_cross_entropy, rows_per_block
 from euclip.losses.gather import distributed_world, gather_features
 
 
@@ -45,7 +46,7 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
                      logit_scale: torch.Tensor | float, curvature: torch.Tensor | float = 1.0, *,
                      entailment_weight: float = 0.0, min_radius: float = 0.1,
                      caption_ids: torch.Tensor | None = None, local_loss: bool = False,
-                     gather_with_grad: bool = False) -> LossOutput:
+                     gather_with_grad: bool = False, block_size: int | str | None = "auto") -> LossOutput:
     """CLIP's symmetric InfoNCE loss with any geometry's logits, plus the entailment loss.
 
     Args:
@@ -62,6 +63,10 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
             (OpenCLIP's ``--local-loss``), instead of the whole global matrix on every process.
         gather_with_grad: differentiable all-gather. Needed for exact gradients with ``local_loss``;
             without ``local_loss`` the local chunk's gradient is scaled instead, which is exact too.
+        block_size: rows of the ``(rows, columns)`` logit matrix computed at once
+            (:func:`euclip.losses.blocked.rows_per_block`): ``"auto"`` (default) computes matrices larger than
+            one block (:data:`euclip.losses.blocked.BLOCK_ENTRIES`) in blocks, with the same loss and gradients
+            and memory bounded by a block, and smaller ones whole; ``None`` never blocks.
 
     Returns:
         :class:`LossOutput` with ``total = contrastive + w · entailment``, each a 0-d float32 tensor
@@ -90,19 +95,38 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, geometry: str, log
             entailment = torch.zeros((), dtype=dtype, device=image.device)
         if distributed and local_loss:
             offset = dist.get_rank() * image.shape[0]
+            rows = rows_per_block(image.shape[0], all_text.shape[0], block_size, image.device.type)
+        else:
+            offset, rows = 0, rows_per_block(all_image.shape[0], all_text.shape[0], block_size,
+                                             image.device.type)
+        if rows is not None:
+            c = torch.as_tensor(curvature, dtype=dtype, device=image.device)
+            if distributed and local_loss:
+                # Each direction is its own (B, W·B) matrix of this process's rows: image → texts, text → images.
+                loss_i, _, own_sum, all_sum = blocked_cross_entropy(
+                    image, all_text, geometry, logit, scale, c, rows_per_block=rows, diagonal=offset,
+                    row_ids=caption_ids, col_ids=all_ids)
+                loss_t = blocked_cross_entropy(text, all_image, geometry, logit, scale, c, rows_per_block=rows,
+                                               diagonal=offset, row_ids=caption_ids, col_ids=all_ids)[0]
+            else:
+                loss_i, loss_t, own_sum, all_sum = blocked_cross_entropy(
+                    all_image, all_text, geometry, logit, scale, c, rows_per_block=rows, row_ids=all_ids,
+                    col_ids=all_ids, columns=True)
+            own_rows = image.shape[0] if distributed and local_loss else all_image.shape[0]
+            stats = sum_stats(own_sum, all_sum, own_rows, own_rows * all_text.shape[0])
+        elif distributed and local_loss:
             per_image = scale * geom.pairwise_logits(image, all_text, geometry, logit, curvature)
             per_text = scale * geom.pairwise_logits(text, all_image, geometry, logit, curvature).T
             loss_i = _cross_entropy(per_image, offset, caption_ids, all_ids)
             loss_t = _cross_entropy(per_text.T, offset, caption_ids, all_ids)
-            positive = per_image[:, offset:offset + image.shape[0]]
+            stats = logit_stats(per_image, per_image[:, offset:offset + image.shape[0]].diagonal(), scale)
         else:
             per_image = scale * geom.pairwise_logits(all_image, all_text, geometry, logit, curvature)
             loss_i = _cross_entropy(per_image, 0, all_ids, all_ids)
             loss_t = _cross_entropy(per_image, 0, all_ids, all_ids, dim=0)
-            positive = per_image
+            stats = logit_stats(per_image, per_image.diagonal(), scale)
         contrastive = (loss_i + loss_t) / 2
         total = contrastive + entailment_weight * entailment
-        stats = logit_stats(per_image, positive.diagonal(), scale)
         stats.update(loss_i2t=loss_i.detach(), loss_t2i=loss_t.detach())
     return LossOutput(total, contrastive, entailment, stats)
 
@@ -122,6 +146,14 @@ def logit_stats(logits: torch.Tensor, positives: torch.Tensor, scale: torch.Tens
     return {"logit_pos": positives.mean() / scale, "logit_neg": negative_mean / scale}
 
 
+@torch.no_grad()
+def sum_stats(own_sum: torch.Tensor, all_sum: torch.Tensor, own: int, entries: int) -> dict[str, torch.Tensor]:
+    """:func:`logit_stats` from the sums of the unscaled logits over the ``own`` pairs and all ``entries``."""
+    negative_mean = ((all_sum - own_sum) / (entries - own) if entries > own
+                     else torch.full((), float("nan"), dtype=all_sum.dtype, device=all_sum.device))
+    return {"logit_pos": own_sum / own, "logit_neg": negative_mean}
+
+
 @register_loss
 class ContrastiveLoss(Loss):
     """CLIP's symmetric InfoNCE loss with the geometry's logits (:func:`contrastive_loss`), configured once."""
@@ -134,4 +166,5 @@ class ContrastiveLoss(Loss):
         return contrastive_loss(image, text, self.geometry, self.logit, scalars.logit_scale, scalars.curvature,
                                 entailment_weight=entailment_weight, min_radius=min_radius,
                                 caption_ids=caption_ids if self.multi_positive else None,
-                                local_loss=self.local_loss, gather_with_grad=self.gather_with_grad)
+                                local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
+                                block_size=self.block_size)

@@ -142,8 +142,10 @@ class TrainConfig:
                                     help="differentiable all-gather of features (exact gradients with --local-loss)")
     loss_block_size: int | None = option(None, group="performance", metavar="ROWS",
                                          help="compute the loss in blocks of this many rows, holding one block of "
-                                              "the (B, B) logits at a time (huge gathered batches)",
-                                         default_text="the loss's automatic choice", cli=False)
+                                              "the (B, B) logits at a time (bounded memory at huge gathered "
+                                              "batches); 0: never block",
+                                         default_text="blocks of about 2^23 entries (CPU) / 2^26 (GPU) when "
+                                                      "the matrix is larger")
     deterministic: bool = option(False, group="performance", help="torch deterministic algorithms")
     # Bookkeeping
     save_every_steps: int = option(500, group="bookkeeping", metavar="STEPS",
@@ -191,6 +193,12 @@ class TrainConfig:
             raise FileNotFoundError(f"--pretrained: no such file: {self.pretrained}")
         return self
 
+    def loss_block_rows(self) -> int | str | None:
+        """``--loss-block-size`` as :class:`euclip.losses.Loss`'s ``block_size``: unset → ``"auto"``, 0 → never."""
+        if self.loss_block_size is None:
+            return "auto"
+        return self.loss_block_size or None
+
     def _check_ranges(self) -> None:
         for name in ("batch_size", "accum_freq", "save_every_steps", "log_every_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -198,7 +206,9 @@ class TrainConfig:
         for name in ("workers", "nonfinite_limit", "entailment_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("train_num_samples", "val_every_steps", "val_num_samples", "loss_block_size"):
+        if self.loss_block_size is not None and self.loss_block_size < 0:
+            raise ValueError(f"--loss-block-size must be >= 0 (0: never block), got {self.loss_block_size}")
+        for name in ("train_num_samples", "val_every_steps", "val_num_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.entailment_weight < 0:

@@ -102,6 +102,7 @@ def build_trainer(cfg: TrainConfig, dist_info: DistInfo, device: torch.device, s
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * data.steps_per_epoch
     train_model, ddp = wrap_model(model, cfg, dist_info, device)
     loss = build_loss(cfg.loss, model.geometry, model.logit, local_loss=cfg.local_loss,
-                      gather_with_grad=cfg.gather_with_grad, multi_positive=cfg.multi_positive)
+                      gather_with_grad=cfg.gather_with_grad, multi_positive=cfg.multi_positive,
+                      block_size=cfg.loss_block_rows())
     return Trainer(cfg, dist_info, device, RunDir(cfg.output), model, train_model, ddp, loss, optimizer,
                    build_scheduler(optimizer, cfg, total_steps), scaler, data, total_steps, start_step)
