@@ -85,8 +85,8 @@ def run_euclip(args: argparse.Namespace, out: Path, preset: str, loss: str, comp
                "--lr", str(args.lr), "--wd", str(args.wd), "--warmup", str(args.warmup), "--seed", "0",
                "--log-every-steps", "1", "--save-every-steps", str(10**9), "--no-eval", "--no-progress",
                "--output", str(run)]
-    if loss != "contrastive":
-        command += ["--loss", loss]
+    if loss == "sigmoid":
+        command.append("--siglip")  # the sigmoid loss with SigLIP's initial logit scale and bias
     if compile_:
         command.append("--torchcompile")
     _run(command, _env(args.threads), out / f"{name}.log", args.timeout)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     machine = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-               else f"CPU, {os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads")
+               else f"CPU, {args.threads or os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads")
     print(f"Trainer throughput, {args.model} at {args.image_size} px, batch {args.batch_size}, {args.precision}, "
           f"{args.workers} data workers, one process; median samples/s of steps {args.skip_steps + 1}-{args.steps}; "
           f"{machine}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.\n")
