@@ -84,6 +84,27 @@ def _spec(args: argparse.Namespace, evaluation: str | None = None):
     return DataSpec(**options)
 
 
+def check_output(path: str | None) -> None:
+    """Make sure ``--output`` can be written before anything is computed: its folder is created (as writing it
+    would), and a folder in the way, a file where a folder should be or a read-only folder is named now."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--output {path} is a folder; give a file name, e.g. {target / 'results.json'}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--output {path}: a file is in the way of its folder {target.parent}") from None
+    except PermissionError:
+        raise ValueError(f"--output {path}: cannot create its folder {target.parent} (permission denied)") from None
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"--output {path}: not writable")
+
+
 def _settings(args: argparse.Namespace):
     from euclip.eval.registry import EvalSettings
 
@@ -97,6 +118,7 @@ def run_one(args: argparse.Namespace) -> int:
     from euclip.runs import RunDir, write_json
 
     evaluation = get_evaluation(args.evaluation)
+    check_output(args.output)
     spec = _spec(args, evaluation.name)
     device = resolve_device(args.device)
     model = load_model(args.run, device)
@@ -111,6 +133,8 @@ def run_one(args: argparse.Namespace) -> int:
     print(_metric_lines(evaluation, result))
     for line in evaluation.details(result) if evaluation.details else []:
         print("  " + line)
+    if result.get("skipped_images"):
+        print(f"  skipped {result['skipped_images']} unreadable image(s) (the warnings above name the first ones)")
     print(f"written to {path}")
     return 0
 
@@ -120,6 +144,7 @@ def run_all(args: argparse.Namespace) -> int:
     from euclip.eval.runner import evaluate_run
     from euclip.runs import RunDir, write_json
 
+    check_output(args.output)
     out = evaluate_run(args.run, spec=_spec(args), settings=_settings(args), device=args.device,
                        progress=args.progress)
     for name, result in out["evaluations"].items():

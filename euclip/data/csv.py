@@ -43,7 +43,8 @@ class CsvDataset(Dataset):
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is empty, has no data rows, or its header lacks ``img_key`` / ``caption_key``.
+        ValueError: the file is empty, has no data rows, is not UTF-8 (the first bad line named), or its header
+            lacks ``img_key`` / ``caption_key``.
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable[[Image.Image], torch.Tensor],
@@ -52,6 +53,15 @@ class CsvDataset(Dataset):
         self.transform = transform
         if not self.path.is_file():
             raise FileNotFoundError(f"CSV file not found: {self.path}")
+        try:
+            self._read(img_key, caption_key, sep)
+        except UnicodeDecodeError as exn:
+            raise ValueError(_not_utf8(self.path, exn)) from None
+        if not self.images:
+            raise ValueError(f"CSV file {self.path} has a header but no data rows")
+        self.num_unreadable = 0  # per process: each DataLoader worker counts its own share
+
+    def _read(self, img_key: str, caption_key: str, sep: str) -> None:
         root = self.path.resolve().parent
         # utf-8-sig drops the byte-order mark spreadsheet programs write; otherwise the first column name
         # would silently start with U+FEFF and never match --csv-img-key.
@@ -76,9 +86,6 @@ class CsvDataset(Dataset):
                 image = row[img_col].strip()
                 self.images.append(str(root / image) if image else None)  # absolute paths survive the join
                 self.captions.append(row[cap_col])
-        if not self.images:
-            raise ValueError(f"CSV file {self.path} has a header but no data rows")
-        self.num_unreadable = 0  # per process: each DataLoader worker counts its own share
 
     def __len__(self) -> int:
         return len(self.images)
@@ -112,6 +119,18 @@ class CsvDataset(Dataset):
         elif str(n).rstrip("0") == "1":  # 10, 100, 1000, ...
             logger.warning("%s: %d rows skipped so far in this process (last: row %d: %s)", self.path, n,
                            index + 2, message)
+
+
+def _not_utf8(path: Path, exn: UnicodeDecodeError) -> str:
+    """The message for a file that does not decode as UTF-8, naming its first bad line (the decoder's position
+    is one within a read-ahead chunk, so the line is found again in the raw bytes)."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as bad:
+            return (f"CSV file {path}, line {number}: not UTF-8 ({bad.reason}: byte {line[bad.start:bad.start + 1]!r} "
+                    f"at column {bad.start + 1}); save the file as UTF-8 (it may be Latin-1 or Windows-1252)")
+    return f"CSV file {path}: not UTF-8 ({exn.reason}); save the file as UTF-8"
 
 
 def _check_header(path: Path, header: list[str], required: tuple[str, ...], sep: str) -> None:

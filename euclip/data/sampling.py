@@ -16,12 +16,20 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["EpochIndexed", "GlobalBatchSampler", "mix_seed"]
+__all__ = ["EpochIndexed", "GlobalBatchSampler", "describe_global_batch", "mix_seed"]
 
 
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers, stable across processes and Python versions."""
     return zlib.crc32(repr(parts).encode()) | (zlib.adler32(repr(parts[::-1]).encode()) << 32) & (2**63 - 1)
+
+
+def describe_global_batch(batch_size: int, world_size: int, accum_freq: int) -> str:
+    """``"the global batch (B per process × W process(es) = G samples)"``, for errors about its size (every
+    source words them alike)."""
+    accum = f" × {accum_freq} accumulated micro-batches" if accum_freq > 1 else ""
+    return (f"the global batch ({batch_size} per process × {world_size} process(es){accum} = "
+            f"{batch_size * world_size * accum_freq} samples)")
 
 
 class GlobalBatchSampler(Sampler):
@@ -44,10 +52,8 @@ class GlobalBatchSampler(Sampler):
         self.global_batch = self.micro_batch * accum_freq  # one optimizer step over all processes
         self.steps_per_epoch = num_samples // self.global_batch
         if self.steps_per_epoch == 0:
-            accum = f" × {accum_freq} accumulated micro-batches" if accum_freq > 1 else ""
-            raise ValueError(f"the global batch ({batch_size} per process × {self.world} process(es){accum} = "
-                             f"{self.global_batch} samples) is larger than the dataset ({num_samples} samples); "
-                             "lower --batch-size or --accum-freq, or use more data")
+            raise ValueError(f"{describe_global_batch(batch_size, self.world, accum_freq)} is larger than the dataset "
+                             f"({num_samples} samples); lower --batch-size or --accum-freq, or use more data")
         self.start_step = start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -20,18 +20,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import logging
+
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from euclip.data.batch import Collate
-from euclip.data.sampling import EpochIndexed, GlobalBatchSampler
+from euclip.data.batch import Collate, NoReadableDataError, guard_readable
+from euclip.data.sampling import EpochIndexed, GlobalBatchSampler, describe_global_batch
 from euclip.options import option
 
 __all__ = ["DATA_SOURCES", "DataSource", "DataSpec", "StreamPosition", "TrainDataOptions", "TrainStream",
            "check_source", "get_source", "register_source", "SYNTHETIC_EPOCH"]
 
 SYNTHETIC_EPOCH = 50_000  # synthetic samples per epoch without --train-num-samples
+_MAX_NAMED = 5  # unreadable evaluation images named in warnings (per process), the rest only counted
+
+logger = logging.getLogger(__name__)
 
 # One evaluation batch: images (B, 3, H, W) or None when none was readable, the captions of each image, the
 # info of each image (synthetic attributes, a class label) or None, and the number of unreadable samples.
@@ -222,7 +227,21 @@ def _map_stream(dataset: Dataset, wrapped: EpochIndexed, options: TrainDataOptio
     loader = DataLoader(wrapped, batch_sampler=sampler, collate_fn=Collate(tokenizer), num_workers=options.workers,
                         persistent_workers=options.workers > 0, pin_memory=position.pin_memory,
                         prefetch_factor=4 if options.workers > 0 else None)
-    return TrainStream(loader, sampler.steps_per_epoch, len(dataset))
+    # An epoch of this process's samples that are all unreadable: every row was tried, the data is unreadable.
+    epoch = sampler.steps_per_epoch * options.accum_freq * options.batch_size
+    return TrainStream(_Guarded(loader, epoch, options.train_data or "the data"), sampler.steps_per_epoch,
+                       len(dataset))
+
+
+class _Guarded:
+    """A loader whose iterations raise :class:`NoReadableDataError` after ``limit`` unreadable samples in a row
+    (see :func:`~euclip.data.batch.guard_readable`); re-iterable like the loader it wraps."""
+
+    def __init__(self, loader: Iterable, limit: int, data: str):
+        self.loader, self.limit, self.data = loader, limit, data
+
+    def __iter__(self) -> Iterator:
+        return guard_readable(self.loader, self.limit, self.data)
 
 
 def _collate_eval(items: list[tuple[torch.Tensor, list[str], dict | None] | None]) -> EvalBatch:
@@ -234,6 +253,21 @@ def _collate_eval(items: list[tuple[torch.Tensor, list[str], dict | None] | None
 def _eval_loader(dataset: Dataset, spec: DataSpec) -> tuple[DataLoader, int]:
     loader = DataLoader(dataset, batch_size=spec.batch_size, num_workers=spec.workers, collate_fn=_collate_eval)
     return loader, len(loader)
+
+
+class _SkipLog:
+    """Names the first few unreadable evaluation images in warnings (per process); the rest are only counted (the
+    evaluation's ``skipped_images``), as training does."""
+
+    def __init__(self, data: str):
+        self.data, self.count = data, 0
+
+    def __call__(self, path: str, exn: Exception) -> None:
+        self.count += 1
+        if self.count <= _MAX_NAMED:
+            logger.warning("%s: skipping unreadable image %s: %s: %s", self.data, path, type(exn).__name__, exn)
+            if self.count == _MAX_NAMED:
+                logger.warning("%s: further unreadable images are only counted", self.data)
 
 
 def _eval_transform(image_size: int):
@@ -326,6 +360,7 @@ class _GroupedCsv(Dataset):
                 groups.setdefault(path, []).append(caption)
         self.items = list(groups.items())[:spec.num_samples]
         self.transform = transform
+        self.skip_log = _SkipLog(spec.data)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -335,7 +370,8 @@ class _GroupedCsv(Dataset):
         try:
             with Image.open(path) as image:
                 return self.transform(image), captions, None
-        except Exception:  # noqa: BLE001 - any unreadable image is skipped and counted, as in training
+        except Exception as exn:  # noqa: BLE001 - any unreadable image is skipped and counted, as in training
+            self.skip_log(path, exn)
             return None
 
 
@@ -389,7 +425,14 @@ def _wds_stream(loader, start_batch: int, batches_per_epoch: int) -> Iterator:
     epoch, skip = divmod(start_batch, batches_per_epoch)
     while True:
         loader.set_epoch(epoch, start_batch=skip)
-        yield from loader
+        batches = 0
+        for batch in loader:
+            batches += 1
+            yield batch
+        if not batches:
+            # The workers end their streams with an error when their shards yield nothing; an epoch without a
+            # batch that got past them must not become an endless loop over empty epochs either.
+            raise NoReadableDataError(f"webdataset epoch {epoch} yielded no batch at all")
         skip = 0
         epoch += 1
 
@@ -425,6 +468,12 @@ class WebdatasetSource(DataSource):
         expand_shards(options.train_data)  # names missing local shards (FileNotFoundError)
         if not options.train_num_samples:
             raise ValueError("--train-num-samples is required with --dataset-type webdataset (it defines an epoch)")
+        global_batch = options.batch_size * world_size * options.accum_freq
+        if global_batch > options.train_num_samples:
+            # As for CSV data (GlobalBatchSampler): the epoch would be rounded up to one batch of mostly repeats.
+            raise ValueError(f"{describe_global_batch(options.batch_size, world_size, options.accum_freq)} is larger "
+                             f"than the epoch (--train-num-samples {options.train_num_samples}); lower --batch-size "
+                             "or --accum-freq, or raise --train-num-samples")
 
     def train_stream(self, options: TrainDataOptions, tokenizer, image_size: int,
                      position: StreamPosition) -> TrainStream:
@@ -441,6 +490,7 @@ class WebdatasetSource(DataSource):
                                  resampled=options.dataset_resampled, seed=options.seed, rank=position.rank,
                                  world_size=position.world_size, pin_memory=position.pin_memory)
         stream = _wds_stream(loader, position.start_step * accum, loader.num_batches)
+        stream = guard_readable(stream, loader.num_samples, options.train_data)
         return TrainStream(stream, loader.num_batches // accum, num_samples)
 
     def check_eval(self, spec: DataSpec) -> None:
@@ -470,6 +520,7 @@ class _LabelledFolder(Dataset):
         # At most num_samples images, evenly spaced over the folder (every class keeps a share).
         self.indices = (list(range(n)) if spec.num_samples is None or spec.num_samples >= n
                         else torch.linspace(0, n - 1, spec.num_samples).round().long().unique().tolist())
+        self.skip_log = _SkipLog(spec.data)
 
     @property
     def classes(self) -> list[str]:
@@ -481,7 +532,8 @@ class _LabelledFolder(Dataset):
     def __getitem__(self, i: int):
         try:
             image, label = self.folder[self.indices[i]]
-        except Exception:  # noqa: BLE001 - an unreadable image is skipped and counted
+        except Exception as exn:  # noqa: BLE001 - PIL's UnidentifiedImageError, OSError (truncated), ...
+            self.skip_log(self.folder.samples[self.indices[i]][0], exn)  # skipped and counted, as in training
             return None
         return image, [], {"label": label, "class": self.folder.classes[label]}
 

@@ -8,7 +8,16 @@ becomes ``None`` in the stream, and :class:`~euclip.data.batch.Collate` drops it
 ``Batch.skipped``. The count thus travels inside the batch from the DataLoader worker that saw it to the main
 process, where the trainer sums ``Batch.skipped``. A batch is ``batch_size`` *raw* samples, so it holds
 ``batch_size - skipped`` pairs. Errors below the sample level (a shard that cannot be opened, a truncated tar)
-are logged and the rest of that shard is skipped; those samples are not counted, since their number is unknown.
+are logged and the rest of that shard is skipped; each such shard-level error counts as *one* skipped sample
+(in the next batch the worker yields), since at least one sample was lost and how many followed it in the
+shard is unknown.
+
+Data that is unreadable as a whole stops the stream with :class:`~euclip.data.batch.NoReadableDataError`
+(named shards and counts) instead of spinning: in a sized epoch (``num_samples``), a pass over a worker's shards
+that yields no sample at all (none is a tar file) or no usable one (e.g. none has a caption); with
+``resampled``, ``2 * len(shards) + 10`` drawn shards in a row without a sample. An error found in a DataLoader
+worker travels to the main process as an item of the stream and is raised there, so that it reads as one line
+rather than inside a worker traceback.
 
 What an epoch is
 ----------------
@@ -52,6 +61,7 @@ import math
 import multiprocessing
 import os
 import random
+import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -64,7 +74,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
-from euclip.data.batch import Batch, Collate
+from euclip.data.batch import Batch, Collate, NoReadableDataError
 
 __all__ = ["WdsLoader", "make_wds_loader", "write_shards", "expand_shards", "IMAGE_KEYS"]
 
@@ -128,10 +138,58 @@ _bad_sample_log = _RateLimitedLog("skipped webdataset sample")
 _shard_error_log = _RateLimitedLog("webdataset shard error")
 
 
-def _log_shard_error(exn: Exception) -> bool:
-    """webdataset handler for shard-level errors: log, then continue with the next shard."""
-    _shard_error_log(f"{type(exn).__name__}: {exn}")
-    return True
+@dataclass
+class _Progress:
+    """What one worker's stream has read so far: how the shard source tells unreadable data from slow data."""
+
+    raw: int = 0  # tar samples read (before the shuffle buffer)
+    usable: int = 0  # samples decoded into a pair (or skipped undecoded by a resume: not known to be bad)
+    shard_errors: int = 0  # shards with a read error (not a tar file, cut short), at most one per shard and pass
+
+
+class _ShardErrors:
+    """The webdataset handler of one pass: logs every shard-level error, counts at most one per shard.
+
+    webdataset reports a member cut short twice (reading its data, then the next header), and the count stands
+    for "samples were lost in this shard", so a shard counts once. ``start``/``end`` bracket the reading of a
+    shard; errors outside (a shard that cannot even be opened) count one each.
+    """
+
+    def __init__(self, progress: _Progress):
+        self.progress = progress
+        self.url: str | None = None
+        self.failed = False
+
+    def start(self, url: str) -> None:
+        self.url, self.failed = url, False
+
+    def end(self) -> None:
+        self.url = None
+
+    def __call__(self, exn: Exception) -> bool:
+        """Log and count, then continue with the next shard."""
+        _shard_error_log(f"{type(exn).__name__}: {exn}")
+        if not self.failed:
+            self.progress.shard_errors += 1
+        self.failed = self.url is not None
+        return True
+
+
+@dataclass(frozen=True)
+class _StreamError:
+    """A :class:`NoReadableDataError` found in a worker, sent to the main process as an item of the stream.
+
+    Raised in a DataLoader worker, the error would reach the main process re-created from a message holding the
+    worker's traceback; as an item it arrives intact and :class:`WdsLoader` raises it there.
+    """
+
+    message: str
+
+
+def _name_shards(shards: Iterable[str], shown: int = 5) -> str:
+    shards = list(shards)
+    more = f", ... and {len(shards) - shown} more" if len(shards) > shown else ""
+    return ", ".join(shards[:shown]) + more
 
 
 @dataclass(frozen=True)
@@ -253,23 +311,55 @@ class _WdsStream(IterableDataset):
         take = None if plan.worker_batches is None else max(plan.worker_batches - skip, 0)
         return _Context(epoch, role, skip, take)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | _StreamError]:
         ctx = self.context()
         plan = self.plan
-        progress = [0]  # raw samples read; lets the shard source stop if its shards yield nothing at all
+        progress = _Progress()  # lets the shard source stop when its shards yield nothing (usable) at all
         samples = itertools.chain.from_iterable(self._shuffled(shards, ctx, pass_, progress)
                                                 for pass_, shards in enumerate(self._passes(ctx, progress)))
         pipeline = wds.DataPipeline(
-            lambda: self._positioned(samples, ctx),
-            lambda samples: (self.decoder(sample, seed) for sample, seed in samples),
+            lambda: self._positioned(samples, ctx, progress),
+            lambda samples: (self._decode(sample, seed, progress) for sample, seed in samples),
             # Nones stay in the batch: Collate drops and counts them, which carries the count to the main process.
             wds.batched(plan.batch_size, collation_fn=self.collate, partial=plan.worker_batches is None),
         )
-        batches = iter(pipeline)
-        return batches if ctx.take_batches is None else islice(batches, ctx.take_batches)
+        batches = self._count_shard_errors(iter(pipeline), progress, final=ctx.take_batches is None)
+        return self._reporting(batches if ctx.take_batches is None else islice(batches, ctx.take_batches))
 
-    def _passes(self, ctx: _Context, progress: list[int]) -> Iterator[Iterable[dict]]:
-        """This worker's shards, one iterable per pass over them (a resampled stream is one endless pass)."""
+    def _decode(self, sample: dict, seed: int, progress: _Progress) -> tuple[torch.Tensor, str] | None:
+        pair = self.decoder(sample, seed)
+        progress.usable += pair is not None
+        return pair
+
+    def _count_shard_errors(self, batches: Iterator[Batch], progress: _Progress, final: bool) -> Iterator[Batch]:
+        """Add the shard-level errors since the previous batch to each batch's ``skipped`` (one per error).
+
+        ``final``: an unsized pass also reports the errors after its last batch, in an extra empty batch.
+        """
+        reported = 0
+        for batch in batches:
+            batch.skipped += progress.shard_errors - reported
+            reported = progress.shard_errors
+            yield batch
+        if final and progress.shard_errors > reported:
+            batch = self.collate([])
+            batch.skipped = progress.shard_errors - reported
+            yield batch
+
+    @staticmethod
+    def _reporting(batches: Iterator[Batch]) -> Iterator[Batch | _StreamError]:
+        try:
+            yield from batches
+        except NoReadableDataError as exn:
+            yield _StreamError(str(exn))
+
+    def _passes(self, ctx: _Context, progress: _Progress) -> Iterator[Iterable[dict]]:
+        """This worker's shards, one iterable per pass over them (a resampled stream is one endless pass).
+
+        Raises:
+            NoReadableDataError: a pass of a sized epoch read no sample, or no usable one. The next pass would
+                read the same shards again, forever, without a single batch (or with only empty ones).
+        """
         plan = self.plan
         if plan.resampled:
             yield self._resampled(ctx, progress)
@@ -283,40 +373,53 @@ class _WdsStream(IterableDataset):
             mine = order[plan.rank::plan.world_size][ctx.role::plan.num_workers]
             if not mine:
                 return
-            before = progress[0]
-            yield [{"url": url} for url in mine]  # read to the end (by _shuffled) before the next pass is asked for
+            raw, usable, errors = progress.raw, progress.usable, progress.shard_errors
+            # Read to the end (by _shuffled), and every sample decoded, before the next pass is asked for.
+            yield [{"url": url} for url in mine]
             if plan.worker_batches is None:
                 return
-            if progress[0] == before:
-                logger.error("no readable samples in shards %s; ending this worker's epoch early", mine)
-                return
+            raw, usable, errors = progress.raw - raw, progress.usable - usable, progress.shard_errors - errors
+            if raw == 0:
+                raise NoReadableDataError(
+                    f"webdataset: no sample could be read from the {len(mine)} shard(s) of a worker ({errors} "
+                    f"shard-level read error(s), logged above: not tar files, truncated or unreadable?): "
+                    f"{_name_shards(mine)}")
+            if usable == 0:
+                raise NoReadableDataError(
+                    f"webdataset: none of the {raw} samples in the {len(mine)} shard(s) of a worker is usable (no "
+                    f"image, no caption, or an image that does not decode; the warnings above say which): "
+                    f"{_name_shards(mine)}")
 
-    def _resampled(self, ctx: _Context, progress: list[int]) -> Iterator[dict]:
+    def _resampled(self, ctx: _Context, progress: _Progress) -> Iterator[dict]:
         plan = self.plan
         # ResampledShards seeds itself with make_seed(worker_seed(), epoch, seed); its own epoch counter
         # counts iterations of this object, so it is pinned to the shared epoch for reproducibility.
         shards = wds.ResampledShards(list(plan.shards), seed=plan.seed, deterministic=True,
                                      worker_seed=lambda: _seed(plan.rank, ctx.role) & 0x7FFF_FFFF)
         shards.epoch = ctx.epoch - 1  # __iter__ increments it first
-        last, idle = progress[0], 0
+        last, idle, errors = progress.raw, 0, progress.shard_errors
         for shard in shards:
             yield shard
-            # An endless draw from shards that all fail would spin forever without a single batch.
-            idle = idle + 1 if progress[0] == last else 0
-            last = progress[0]
+            # An endless draw from shards that all fail would spin forever without a single batch. (Usable
+            # samples are not checked here: the shuffle buffer decodes far behind the shard being read;
+            # guard_readable catches a stream of nothing but unusable samples in the main process.)
+            idle = idle + 1 if progress.raw == last else 0
+            last = progress.raw
             if idle > 2 * len(plan.shards) + 10:
-                logger.error("no readable samples in %d resampled shards in a row; ending this worker's "
-                             "stream", idle)
-                return
+                raise NoReadableDataError(
+                    f"webdataset: {idle} shards drawn in a row (--dataset-resampled) yielded no sample "
+                    f"({progress.shard_errors - errors} shard-level read error(s) in this worker, logged above: not "
+                    f"tar files, truncated or unreadable?); its {len(plan.shards)} shard(s): "
+                    f"{_name_shards(plan.shards)}")
 
-    def _shuffled(self, shards: Iterable[dict], ctx: _Context, pass_: int, progress: list[int]) -> Iterator[dict]:
+    def _shuffled(self, shards: Iterable[dict], ctx: _Context, pass_: int, progress: _Progress) -> Iterator[dict]:
         """The raw samples of one pass, shuffled within that pass only.
 
         A pass is shuffled on its own so that an epoch of exactly the shard total holds every sample once: a
         buffer spanning passes would pull samples of the next pass into this one (repeats and misses).
         """
         plan = self.plan
-        samples = _counted(_tar_samples(shards), progress)  # counted before the shuffle buffer, which reads ahead
+        samples = _counted(_tar_samples(shards, _ShardErrors(progress)), progress)  # before the buffer (reads ahead)
         if plan.shuffle_buffer <= 1:
             return samples
         rng = random.Random(_seed(plan.seed, ctx.epoch, plan.rank, ctx.role, pass_, "samples"))
@@ -324,33 +427,60 @@ class _WdsStream(IterableDataset):
         # independent of decode failures.
         return wds.shuffle(plan.shuffle_buffer, initial=plan.shuffle_buffer, rng=rng)(samples)
 
-    def _positioned(self, samples: Iterable[dict], ctx: _Context) -> Iterator[tuple[dict, int]]:
+    def _positioned(self, samples: Iterable[dict], ctx: _Context, progress: _Progress) -> Iterator[tuple[dict, int]]:
         """Drop this role's already-consumed samples (a resume) and pair each sample with its augmentation seed."""
         plan = self.plan
         skip = ctx.skip_batches * plan.batch_size
         for index, sample in enumerate(samples):
             if index >= skip:  # skipped samples cost reading bytes only: no decode, no augmentation
                 yield sample, _seed(plan.seed, ctx.epoch, plan.rank, ctx.role, index)
+            else:
+                progress.usable += 1  # not decoded, so not known to be bad: a resumed pass is not "unusable"
 
 
-def _tar_samples(shards: Iterable[dict]) -> Iterator[dict]:
-    """``webdataset.tarfile_samples``, but closing each shard's file once read (it leaves that to the GC)."""
-    streams = _closing(url_opener(shards, handler=_log_shard_error))
-    files = tar_file_expander(streams, handler=_log_shard_error)
-    return group_by_keys(files, handler=_log_shard_error)
+def _tar_samples(shards: Iterable[dict], errors: _ShardErrors) -> Iterator[dict]:
+    """``webdataset.tarfile_samples``, but closing each shard's file once read (it leaves that to the GC), and
+    counting shards cut short."""
+    streams = _closing(url_opener(shards, handler=errors), errors)
+    files = tar_file_expander(streams, handler=errors)
+    return group_by_keys(files, handler=errors)
 
 
-def _closing(streams: Iterable[dict]) -> Iterator[dict]:
+def _closing(streams: Iterable[dict], errors: _ShardErrors) -> Iterator[dict]:
     for shard in streams:
+        errors.start(shard["url"])
         try:
             yield shard  # resumed when the expander asks for the next shard, i.e. after this one is read
         finally:
             shard["stream"].close()
+        # tarfile ends a stream cut at (or inside) a member header without an error, as if the archive ended
+        # there: the samples after the cut would vanish uncounted. A shard that ended without an error is checked
+        # for the end-of-archive marker instead.
+        if not errors.failed and _cut_short(shard["url"]):
+            errors(tarfile.ReadError(f"{shard['url']} ends without tar's end-of-archive marker: the file is cut "
+                                     "short (an incomplete copy or download?) and the samples after the cut are "
+                                     "lost"))
+        errors.end()
 
 
-def _counted(samples: Iterable[dict], progress: list[int]) -> Iterator[dict]:
+def _cut_short(url: str) -> bool:
+    """Whether a local tar file lacks the end-of-archive marker (two zero blocks) every tar writer appends."""
+    if url.startswith(_REMOTE_PREFIXES):
+        return False  # would mean reading the shard a second time
+    try:
+        with open(url.removeprefix("file:"), "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < 1024:
+                return True
+            f.seek(size - 1024)
+            return any(f.read(1024))
+    except OSError:
+        return False  # then opening it failed too, and that error was counted
+
+
+def _counted(samples: Iterable[dict], progress: _Progress) -> Iterator[dict]:
     for sample in samples:
-        progress[0] += 1
+        progress.raw += 1
         yield sample
 
 
@@ -390,8 +520,9 @@ class WdsLoader:
         if start_batch < 0:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         if start_batch and self._plan.worker_batches is None and not self._plan.resampled:
-            raise ValueError("start_batch needs num_samples (or resampled=True): without them workers yield "
-                             "uneven batch counts and the batch order after a skip is not reproducible")
+            raise ValueError("start_batch needs num_samples (--train-num-samples) or resampled=True "
+                             "(--dataset-resampled): without them workers yield uneven batch counts and the batch "
+                             "order after a skip is not reproducible")
         self._next = (epoch, start_batch)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -400,12 +531,20 @@ class WdsLoader:
         self._shared.set(epoch, start)
         self.epoch = epoch
         self._next = (epoch + 1, 0)
-        return iter(self.loader)
+        return _raising(iter(self.loader))
 
     def __len__(self) -> int:
         if self.num_batches is None:
             raise TypeError("this webdataset stream has no fixed length: pass num_samples to size its epochs")
         return self.num_batches
+
+
+def _raising(items: Iterator[Batch | _StreamError]) -> Iterator[Batch]:
+    """The batches of ``items``; a worker's :class:`_StreamError` is raised here, in the main process."""
+    for item in items:
+        if isinstance(item, _StreamError):
+            raise NoReadableDataError(item.message)
+        yield item
 
 
 def make_wds_loader(urls: str, transform: Callable[[Image.Image], torch.Tensor],
@@ -450,8 +589,9 @@ def make_wds_loader(urls: str, transform: Callable[[Image.Image], torch.Tensor],
     workers = max(num_workers, 1)
     if num_samples is not None and not resampled and len(shards) < world_size * workers:
         # A worker without shards would yield nothing and its rank would come up short of num_batches.
-        raise ValueError(f"{len(shards)} shard(s) cannot feed {world_size} rank(s) x {workers} worker(s); use "
-                         f"fewer workers, more shards, or resampled=True")
+        raise ValueError(f"{len(shards)} shard(s) cannot feed {world_size} rank(s) x {workers} worker(s) (each reads "
+                         f"whole shards); use fewer --workers, more shards, or --dataset-resampled "
+                         f"(resampled=True)")
     worker_batches = None
     if num_samples is not None:
         # OpenCLIP's rounding: up to whole global batches, then up to a multiple of the worker count.

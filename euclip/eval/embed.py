@@ -12,6 +12,7 @@ captions (rows are grouped by path, in file order). Webdataset samples and synth
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ from euclip import geometry as geom
 from euclip.data.sources import DataSpec
 
 __all__ = ["DataSpec", "Embeddings", "curvature_of", "embed", "embed_texts", "norms"]
+
+log = logging.getLogger(__name__)
 
 
 def curvature_of(model) -> float:
@@ -45,7 +48,7 @@ class Embeddings:
         image_info: per image, what the source knows of it: synthetic attributes (``{"shape", "family", "color",
             ...}``) or a folder's class (``{"label", "class"}``); ``None`` when the source knows nothing.
         caption_levels: synthetic data only: ``(N_t,)`` caption specificity level 0..4.
-        skipped: images that could not be read (csv/webdataset), with their captions left out.
+        skipped: images that could not be read (csv/webdataset/folder), with their captions left out.
     """
 
     image: torch.Tensor
@@ -132,7 +135,10 @@ def embed(model, spec: DataSpec, device: torch.device | str = "cpu", progress: b
         captions += flat
         infos += info
     if not image_parts:
-        raise ValueError(f"no readable image-caption pairs in {spec.describe()}")
+        raise ValueError(f"no readable image-caption pairs in {spec.describe()} ({skipped} unreadable samples "
+                         "skipped)")
+    if skipped:
+        log.warning("%s: %d unreadable image(s) skipped (the warnings above name the first ones)", spec.data, skipped)
     image_info = infos if all(i is not None for i in infos) else None
     levels = None
     if image_info is not None and spec.dataset_type == "synthetic":

@@ -71,6 +71,12 @@ class EvalSettings:
     traversal_examples: int = option(8, metavar="N", help="walks saved (and printed) as examples",
                                      flags=("--examples", "--traversal-examples"))
 
+    def __post_init__(self):
+        if self.templates is not None:
+            from euclip.eval.folders import resolve_templates
+
+            resolve_templates(self.templates)  # a missing file or a bad template, named before any work
+
 
 @dataclass(frozen=True)
 class Metric:

@@ -37,11 +37,12 @@ __all__ = ["accuracy", "class_prototypes", "predict_topk", "zeroshot", "zeroshot
 def class_prototypes(model, classnames: Sequence[str], templates: Sequence[str], tokenizer=None,
                      device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
     """``(C, D)`` prototypes on the manifold for ``classnames`` with prompt ``templates`` (``"a {}."``)."""
+    from euclip.eval.folders import check_template
+
     if not classnames or not templates:
         raise ValueError("zero-shot classification needs at least one class name and one template")
     for t in templates:
-        if "{}" not in t and "{c}" not in t:
-            raise ValueError(f"template {t!r} has no '{{}}' placeholder for the class name")
+        check_template(t)
     tokenizer = tokenizer or model.tokenizer()
     texts = [t.replace("{c}", "{}").format(c) for c in classnames for t in templates]
     features = []
@@ -114,9 +115,14 @@ def _synthetic_tasks(ctx: EvalContext) -> dict[str, dict]:
 
 def _labelled_tasks(ctx: EvalContext) -> dict[str, dict]:
     """Images with class labels (an image folder, a CLIP_benchmark classification set): one task, their classes."""
-    from euclip.eval.folders import read_lines, resolve_templates
+    from euclip.eval.folders import check_template, read_lines, resolve_templates
 
     source, settings = ctx.spec.source, ctx.settings
+    # Templates first: a bad one is reported before the images are embedded.
+    templates = (resolve_templates(settings.templates) if settings.templates
+                 else source.default_templates(ctx.spec) or resolve_templates("openai"))
+    for t in templates:
+        check_template(t, f"{settings.templates or ctx.spec.data}: ")
     emb = ctx.embeddings()
     classes = source.class_names(ctx.spec)
     if source.named_by_folders:
@@ -125,8 +131,6 @@ def _labelled_tasks(ctx: EvalContext) -> dict[str, dict]:
         names = read_lines(settings.classnames, "class-names") if settings.classnames else classes
         if len(names) != len(classes):
             raise ValueError(f"{len(names)} class names for {len(classes)} classes ({settings.classnames})")
-    templates = (resolve_templates(settings.templates) if settings.templates
-                 else source.default_templates(ctx.spec) or resolve_templates("openai"))
     task = _task(ctx, emb, classes, [i["label"] for i in emb.image_info], templates, prompts=names)
     task["classnames"] = names
     return {"classes": task}
@@ -179,7 +183,8 @@ def zeroshot(ctx: EvalContext) -> dict:
     tasks = zeroshot_tasks(ctx)
     results = {name: accuracy(t["top"], t["labels"], t["classes"]) for name, t in tasks.items()}
     primary = "shape" if "shape" in results else "classes"
-    out = {**results[primary], "tasks": results, "primary_task": primary}
+    # Images that could not be read are skipped, as in training; the count says how many (warnings name some).
+    out = {**results[primary], "tasks": results, "primary_task": primary, "skipped_images": ctx.embeddings().skipped}
     if primary == "classes":
         out.update(classes=tasks["classes"]["classes"], classnames=tasks["classes"]["classnames"],
                    templates=ctx.settings.templates or ("the data's" if ctx.spec.source.default_templates(ctx.spec)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from euclip.data.batch import NoReadableDataError, nothing_readable
 from euclip.runs import write_json
 from euclip.train.config import TrainConfig
 from euclip.train.distributed import env_world_size, init_distributed
@@ -66,6 +67,8 @@ def train(cfg: TrainConfig) -> dict:
 
     Raises:
         ValueError, FileNotFoundError: bad options or data, before any work.
+        NoReadableDataError: (a ValueError) the data is unreadable as a whole: a worker's shards yield nothing, an
+            epoch of unreadable samples, or a run whose every step was empty (raised before its last checkpoint).
         NonFiniteLossError: more non-finite steps than ``cfg.nonfinite_limit`` (checked at logging steps).
         SystemExit: code 143 after SIGTERM, once a checkpoint of the last finished step is written.
     """
@@ -95,6 +98,7 @@ def _run(trainer: Trainer, counters: Counters, resumed: bool) -> dict:
     step_log.last_saved = trainer.start_step if resumed else None
     validator = Validator(trainer, metrics)
     batches, step, data_wait = iter(trainer.data.loader), trainer.start_step, 0.0
+    trained, skipped_before = 0, counters.skipped_samples  # steps of this invocation with a readable sample
     start = time.perf_counter()
     try:
         with _Preemption() as preemption:
@@ -104,6 +108,12 @@ def _run(trainer: Trainer, counters: Counters, resumed: bool) -> dict:
                 data_wait += time.perf_counter() - wait
                 micro, agreed = agree_on_batches(micro, preemption.requested, trainer.dist)
                 result = _step(trainer, micro, agreed, step, counters)
+                trained += result is not None
+                if not trained and step + 1 == trainer.total_steps:
+                    # Not a "final" checkpoint of an untrained model, written as if the run had succeeded.
+                    raise NoReadableDataError(nothing_readable(
+                        cfg.train_data or cfg.dataset_type, counters.skipped_samples - skipped_before,
+                        f"by the {step + 1 - trainer.start_step} step(s) of this run"))
                 step += 1
                 trainer.scheduler.step()
                 progress.update(1)

@@ -120,3 +120,15 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "header.tsv").write_text("filepath\tcaption\n")
     with pytest.raises(ValueError, match="no data rows"):
         CsvDataset(tmp_path / "header.tsv", image_transform(8, train=False))
+
+
+@pytest.mark.parametrize("rows_before", [1, 3000])  # the bad byte in the decoder's first read-ahead chunk, or later
+def test_a_non_utf8_file_is_named_with_its_line(tmp_path: Path, rows_before: int) -> None:
+    lines = [b"filepath\tcaption"] + [b"a.jpg\ta plain caption %d" % i for i in range(rows_before)]
+    lines.append("b.jpg\tun caf\u00e9 cr\u00e8me".encode("latin-1"))  # 0xe9: not UTF-8
+    (tmp_path / "latin1.tsv").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError) as info:
+        CsvDataset(tmp_path / "latin1.tsv", image_transform(8, train=False))
+    message = str(info.value)
+    assert f"latin1.tsv, line {rows_before + 2}: not UTF-8" in message and "column 13" in message
+    assert "save the file as UTF-8" in message

@@ -15,9 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
-from euclip.data.batch import Batch
+from euclip.data.batch import Batch, NoReadableDataError
 from euclip.data.transforms import image_transform
+from euclip.data import wds
 from euclip.data.wds import make_wds_loader, write_shards
+
+
+@pytest.fixture(autouse=True)
+def _log_every_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-process logs of bad samples and shards stop naming them after a few: start each test afresh."""
+    monkeypatch.setattr(wds._shard_error_log, "count", 0)
+    monkeypatch.setattr(wds._bad_sample_log, "count", 0)
 
 
 def tokenize(captions: list[str]) -> torch.Tensor:
@@ -184,18 +192,88 @@ def test_samples_without_image_or_caption_text_are_counted(tmp_path: Path) -> No
     assert captions == ["ünïcode ✓"] and skipped == 3
 
 
-def test_unreadable_shards_are_logged_not_fatal(shards: Shards, tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def garbage_shards(root: Path, n: int) -> str:
+    """``n`` files named like shards that are not tar files; returns their brace spec."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"{i:03d}.tar").write_bytes(random.Random(i).randbytes(4096))
+    return f"{root}/{{000..{n - 1:03d}}}.tar"
+
+
+def truncated_shard(path: Path, cut: str) -> None:
+    """A shard of 8 good samples (16 members) cut short: in a member's data, at a header, or inside a header."""
+    written = write_shards(((image(200 + i), f"cut {i}") for i in range(8)), str(path.parent / "tmp-%03d.tar"),
+                           maxcount=8)
+    data = Path(written[0]).read_bytes()
+    Path(written[0]).unlink()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        header = tar.getmembers()[8].offset  # the 5th sample's first file
+    at = {"data": header + 512 + 100, "header": header, "in-header": header + 100}[cut]
+    path.write_bytes(data[:at])
+
+
+def test_unreadable_shards_are_logged_counted_not_fatal(shards: Shards, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "garbage.tar").write_bytes(random.Random(0).randbytes(4096))
     garbage = str(tmp_path / "garbage.tar")
     loader = make_wds_loader(f"{shards.spec}::{garbage}", image_transform(8, train=False), tokenize, batch_size=4)
     captions, skipped, _ = run_epoch(loader)
-    assert Counter(captions) == Counter(shards.good) and skipped == 2 and "garbage.tar" in caplog.text
-    # A sized epoch over nothing readable ends (with an error logged) instead of rereading the shard forever.
-    loader = make_wds_loader(garbage, image_transform(8, train=False), tokenize, batch_size=4, num_samples=40)
-    assert list(loader) == [] and "no readable samples" in caplog.text
-    loader = make_wds_loader(garbage, image_transform(8, train=False), tokenize, batch_size=4, resampled=True)
-    assert list(loader) == []
+    # The unreadable shard counts as one skipped sample (at least one was lost; how many is unknown).
+    assert Counter(captions) == Counter(shards.good) and skipped == 2 + 1 and "garbage.tar" in caplog.text
+
+
+@pytest.mark.parametrize("cut", ["data", "header", "in-header"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_truncated_shard_is_counted(shards: Shards, tmp_path: Path, num_workers: int, cut: str,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    # Cut at or inside a header, tarfile ends the archive silently: its later samples used to vanish uncounted.
+    truncated_shard(tmp_path / "cut.tar", cut)
+    spec = f"{shards.spec}::{tmp_path}/cut.tar"
+    loader = make_wds_loader(spec, image_transform(8, train=False), tokenize, batch_size=4, num_workers=num_workers)
+    captions, skipped, _ = run_epoch(loader)
+    assert set(captions) == shards.good | {f"cut {i}" for i in range(4)}
+    assert skipped == 2 + 1  # the hand shard's two bad samples, and the cut as one
+    if num_workers == 0:  # (workers log in their own processes)
+        assert "cut.tar" in caplog.text
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("resampled", [False, True])
+def test_all_shards_unreadable_is_an_error_naming_them(tmp_path: Path, num_workers: int, resampled: bool) -> None:
+    # A sized epoch (or a resampled stream) over nothing readable used to reread the shards forever.
+    spec = garbage_shards(tmp_path / "garbage", 4)
+    loader = make_wds_loader(spec, image_transform(8, train=False), tokenize, batch_size=4, num_workers=num_workers,
+                             num_samples=40, resampled=resampled)
+    with pytest.raises(NoReadableDataError, match="no sample") as info:
+        list(loader)
+    message = str(info.value)
+    assert "000.tar" in message and "shard-level read error" in message and "Traceback" not in message
+
+
+def test_shards_without_captions_are_an_error_naming_them(tmp_path: Path) -> None:
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"{shard}.tar", "w") as tar:
+            for i in range(5):
+                add(tar, f"s{shard}-{i}.png", png_bytes(i))  # an image, but no txt/json
+    loader = make_wds_loader(f"{tmp_path}/{{0..1}}.tar", image_transform(8, train=False), tokenize, batch_size=4,
+                             num_samples=40)
+    with pytest.raises(NoReadableDataError, match="none of the 10 samples") as info:
+        list(loader)
+    assert "0.tar" in str(info.value) and "1.tar" in str(info.value)
+
+
+def test_some_unusable_shards_are_not_an_error(shards: Shards, tmp_path: Path) -> None:
+    # One bad shard among good ones, read by its own worker pass alongside good shards: skipped and counted.
+    spec = f"{shards.spec}::{garbage_shards(tmp_path / 'g', 1)}"
+    loader = make_wds_loader(spec, image_transform(8, train=False), tokenize, batch_size=4, num_samples=40)
+    batches = list(loader)
+    assert len(batches) == 10 and sum(b.skipped for b in batches) > 0
+
+
+def test_too_few_shards_names_the_flags(shards: Shards) -> None:
+    with pytest.raises(ValueError, match=r"--workers.*--dataset-resampled \(resampled=True\)"):
+        make_wds_loader(shards.spec, image_transform(8, train=False), tokenize, batch_size=2, num_workers=4,
+                        num_samples=8)
 
 
 def test_missing_shard_is_named(shards: Shards) -> None:
@@ -207,5 +285,6 @@ def test_missing_shard_is_named(shards: Shards) -> None:
 
 def test_start_batch_needs_a_sized_epoch(shards: Shards) -> None:
     loader = make_wds_loader(shards.spec, image_transform(8, train=False), tokenize, batch_size=2)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match=r"num_samples \(--train-num-samples\) or resampled=True "
+                                         r"\(--dataset-resampled\)"):
         loader.set_epoch(0, start_batch=1)
