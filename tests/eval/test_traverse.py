@@ -48,7 +48,11 @@ def test_hyperbolic_path_is_the_geodesic_to_the_origin():
     assert torch.allclose(path[0], x[0]) and path[-1].abs().max() == 0
     # On the geodesic: d(x, p_t) = t · d(x, 0) and d(p_t, 0) = (1 - t) · d(x, 0).
     assert torch.allclose(geom.norm_from_origin(path, "hyperbolic", c), (1 - t) * total)
-    assert torch.allclose(geom.distance(x, path, "hyperbolic", c)[0], t * total, atol=1e-9)
+    distances = geom.distance(x, path, "hyperbolic", c)[0]
+    assert torch.allclose(distances[1:], t[1:] * total, atol=1e-9)
+    # path[0] equals x up to rounding; the distance of (nearly) equal points is accurate to √ε only (the
+    # arccosh/√ of a difference of rounded products), ~1e-7 in float64.
+    assert distances[0] < 1e-6
 
 
 def test_elliptic_path_is_the_great_circle_to_the_root():
