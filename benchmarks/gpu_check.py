@@ -54,7 +54,7 @@ def run_one(name: str, options: dict, out: Path, cleanup: bool) -> dict:
     """Train once; returns the summary plus the loss trend and the steady-state throughput."""
     run_dir = out / name.replace("/", "-")
     start = time.perf_counter()
-    summary = train(resolve_config({**options, "output": str(run_dir)}))
+    summary = train(resolve_config({**options, "output": str(run_dir), "overwrite": True}))  # a rerun replaces it
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics]
     steady = [m["samples_per_s"] for m in metrics[len(metrics) // 3:]]  # past warm-up (cuDNN, allocator, compile)

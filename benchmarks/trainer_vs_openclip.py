@@ -84,7 +84,7 @@ def run_euclip(args: argparse.Namespace, out: Path, preset: str, loss: str, comp
                "--precision", args.precision, "--device", args.device, "--workers", str(args.workers),
                "--lr", str(args.lr), "--wd", str(args.wd), "--warmup", str(args.warmup), "--seed", "0",
                "--log-every-steps", "1", "--save-every-steps", str(10**9), "--no-eval", "--no-progress",
-               "--output", str(run)]
+               "--output", str(run), "--overwrite"]  # a rerun into a kept --output replaces its runs
     if loss == "sigmoid":
         command.append("--siglip")  # the sigmoid loss with SigLIP's initial logit scale and bias
     if compile_:

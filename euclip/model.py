@@ -33,7 +33,7 @@ from euclip import geometry as geom
 from euclip.configs import build_towers, default_tokenizer
 from euclip.losses.base import HeadScalars
 from euclip.options import option
-from euclip.runs import RunDir, checkpoint_path
+from euclip.runs import CheckpointError, RunDir, checkpoint_path, load_checkpoint_file, newest_intact_checkpoint
 
 CURVATURE_RANGE = (0.1, 10.0)
 TOWERS: tuple[str, ...] = ("openclip", "meru")
@@ -287,11 +287,51 @@ def remove_final_layernorms(towers: nn.Module, model_name: str) -> None:
     text.ln_final = nn.Identity()
 
 
+def check_device(name: str, flag: str = "--device") -> str:
+    """``name`` if it is ``auto`` or a device this machine has; else a ValueError naming ``flag`` (before any work:
+    torch would fail later, deep inside, with a traceback)."""
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{flag} {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: no CUDA GPU is available here (torch {torch.__version__}"
+                             f"{'' if torch.version.cuda else ', built without CUDA'}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {name}: MPS is not available here; use --device cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{flag} {name}: euclip runs on cpu, cuda and mps devices, not {device.type!r}")
+    return name
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else the CPU; any other name as ``torch.device`` reads it."""
+    """``auto``: CUDA when available, else the CPU; any other name as ``torch.device`` reads it (checked:
+    :func:`check_device`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(check_device(name))
+
+
+def _load_native_or_foreign(path: Path, device: str | torch.device) -> object:
+    """The loaded checkpoint ``path`` names; a damaged one is named, with the run's newest intact one if any.
+
+    A run folder's damaged latest checkpoint is not silently replaced by an older one: results would be recorded
+    under a checkpoint that was not evaluated. The error says which one to name instead.
+    """
+    file = checkpoint_path(path)
+    try:
+        return load_checkpoint_file(file, map_location=device)
+    except CheckpointError as e:
+        intact = newest_intact_checkpoint(RunDir.of(file), exclude=file)
+        if intact is None:
+            raise
+        raise CheckpointError(f"{e}; the newest intact checkpoint is {intact}: name it instead") from e
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GeometricCLIP:
@@ -306,7 +346,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Geometri
         from euclip.interop import load_checkpoint  # the run directory of another code (OpenCLIP's, MERU's)
 
         return load_checkpoint(p).to(device).eval()
-    checkpoint = torch.load(checkpoint_path(p), map_location=device, weights_only=False)
+    checkpoint = _load_native_or_foreign(p, device)
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
             and "model" in checkpoint["config"]):
         from euclip.interop import load_checkpoint  # another code's checkpoint: detect and convert it

@@ -5,7 +5,9 @@ A run directory (``euclip train --output RUN``) holds::
     RUN/config.json            the resolved TrainConfig
     RUN/command.txt            the command line that started the run
     RUN/version.txt            euclip and torch versions
-    RUN/checkpoints/           step_XXXXXXXX.pt files and latest.pt (the newest), written atomically
+    RUN/checkpoints/           step_XXXXXXXX.pt files, written atomically, and latest.pt: a relative symlink to the
+                               newest (a copy where the file system has no symlinks)
+    RUN/.lock                  held (flock) by the trainer using the folder; names its process
     RUN/metrics.jsonl          one JSON line per logged step
     RUN/tensorboard/           the same scalars as TensorBoard events
     RUN/summary.json           the end-of-training summary
@@ -20,9 +22,16 @@ else the file's own folder (``/data/models/m.pt`` → ``/data/models``).
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
-__all__ = ["RunDir", "checkpoint_path", "read_json", "write_json"]
+__all__ = ["CheckpointError", "RunDir", "checkpoint_path", "load_checkpoint_file", "newest_intact_checkpoint",
+           "read_json", "write_json"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, damaged, not a checkpoint); the message names the file."""
 
 
 class RunDir:
@@ -37,6 +46,7 @@ class RunDir:
     TENSORBOARD = "tensorboard"
     SUMMARY = "summary.json"
     RESULTS = "results.json"
+    LOCK = ".lock"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -86,6 +96,16 @@ class RunDir:
     def step_checkpoint(self, step: int) -> Path:
         return self.checkpoints / self.step_file_name(step)
 
+    def step_checkpoints(self) -> list[Path]:
+        """The ``step_*.pt`` files, the newest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(self.checkpoints.glob("step_*.pt"), reverse=True)
+
+    @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
     @property
     def metrics(self) -> Path:
         return self.path / self.METRICS
@@ -116,7 +136,15 @@ class RunDir:
         return read_json(self.config) or {}
 
     def has_checkpoint(self) -> bool:
-        return self.latest.is_file()
+        # Step files without a usable latest.pt still count: --resume latest falls back to them.
+        return self.latest.is_file() or bool(self.step_checkpoints())
+
+    def run_files(self) -> list[Path]:
+        """The files (and folders) of a run that exist here: what a new run would mix with, and --overwrite clears."""
+        names = [self.CONFIG, self.COMMAND, self.VERSION, self.CHECKPOINTS, self.METRICS, self.TENSORBOARD,
+                 self.SUMMARY, self.RESULTS]
+        found = [self.path / n for n in names if (self.path / n).exists()]
+        return found + sorted(self.path.glob("eval_*.json")) if self.path.is_dir() else found
 
     def final_min_radius(self, default: float = 0.1) -> float:
         """The entailment cones' ``K`` the run ended training with (``min_radius_final`` if scheduled)."""
@@ -129,8 +157,48 @@ def checkpoint_path(path: str | Path) -> Path:
     p = Path(path)
     checkpoint = RunDir(p).latest if p.is_dir() else p
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}" + (" (is this a run directory?)" if p.is_dir() else ""))
+        hint = " (is this a run directory?)" if p.is_dir() else ""
+        if p.is_dir() and (steps := RunDir(p).step_checkpoints()):
+            hint = f"; the newest step checkpoint is {steps[0]}: name it instead of the run folder"
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}{hint}")
     return checkpoint
+
+
+# What torch.load raises for a file that is not (or no longer) a whole checkpoint.
+_DAMAGE = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def load_checkpoint_file(path: str | Path, map_location="cpu", mmap: bool = False) -> object:
+    """``torch.load`` of a checkpoint (which holds RNG states and configs: ``weights_only=False``), or a
+    :class:`CheckpointError` naming the file. ``mmap``: map the tensors instead of reading them (cheap when only
+    the config is wanted, and still fails on a truncated file: its zip directory, at the end, is gone)."""
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        damaged = isinstance(e, _DAMAGE) or "PytorchStreamReader" in message or "zip" in message.lower()
+        hint = "; the file is truncated or damaged (an interrupted write or copy, a full disk?)" if damaged else ""
+        name = f"{path} (a link to {path.resolve().name})" if path.is_symlink() else str(path)
+        raise CheckpointError(f"cannot read checkpoint {name} ({type(e).__name__}: {message}){hint}") from e
+
+
+def newest_intact_checkpoint(run: RunDir, exclude: Path | None = None) -> Path | None:
+    """The newest ``step_*.pt`` of ``run`` that loads (tensors mapped, not read), other than ``exclude``'s file."""
+    skip = exclude.resolve() if exclude is not None and exclude.exists() else None
+    for candidate in run.step_checkpoints():
+        if skip is not None and candidate.resolve() == skip:
+            continue
+        try:
+            load_checkpoint_file(candidate, mmap=True)
+        except CheckpointError:
+            continue
+        return candidate
+    return None
 
 
 def read_json(path: str | Path) -> dict | list | None:

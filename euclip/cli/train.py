@@ -16,9 +16,15 @@ EXAMPLES = """examples:
   euclip train --geometry hyperbolic --logit squared --final-ln --entailment-weight 0.2 --steps 2000
   euclip train --dataset-type csv --train-data pairs.tsv --val-data val.tsv --preset meru --epochs 5
   euclip train --output runs/meru --resume latest              # continue a run from its folder
+  euclip train --output runs/meru --resume latest --lr 1e-4    # ...with a lower learning rate (logged)
+  euclip train --output runs/meru --overwrite --preset meru    # start that folder's run over
 
 A plain --geometry NAME is also a paper-code alias: 'euclidean' and 'hyperbolic' mean the negative-distance logit
-there (add --logit squared for EuCLIP's); the resolved settings are printed before training starts."""
+there (add --logit squared for EuCLIP's); the resolved settings are printed before training starts.
+
+A stop signal (SIGTERM, SIGINT, SIGUSR1), sent to the trainer or to its whole process group as schedulers do,
+checkpoints the last finished step and exits with 128 + the signal's number (SIGTERM: 143); resume with
+--resume latest. A run folder is locked while a trainer uses it."""
 
 
 def register(subparsers) -> None:
@@ -42,6 +48,18 @@ def default_output(options: dict) -> str:
     return f"runs/{name}"
 
 
+def _resumed_config(options: dict):
+    """On ``--resume``, the config the checkpoint was trained with: the flags not given keep its values (not the
+    defaults'), so that ``--resume latest --lr 1e-4`` changes the learning rate and nothing else."""
+    if not options.get("resume"):
+        return None
+    from euclip.train.checkpoint import resume_checkpoint
+    from euclip.train.config import TrainConfig
+
+    _, checkpoint = resume_checkpoint(options["resume"], options["output"], mmap=True)  # the config, not the tensors
+    return TrainConfig.from_dict(checkpoint["config"])
+
+
 def run(args: argparse.Namespace) -> int:
     from euclip.train.config import TrainConfig, resolve_config
     from euclip.train.distributed import is_main_process
@@ -49,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     options = {**given(args, TrainConfig), "siglip": args.siglip}
     options.setdefault("output", default_output(options))
-    if options.get("steps") is None and options.get("epochs") is None:
+    base = _resumed_config(options)
+    if base is None and options.get("steps") is None and options.get("epochs") is None:
         options["epochs"] = 1
-    cfg = resolve_config(options)
+    cfg = resolve_config(options, base)
     main = is_main_process()  # under torchrun every rank runs this
     if main:
         print(f"[train] {cfg.describe()} → {cfg.output}", flush=True)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from euclip.data.batch import Collate, NoReadableDataError, guard_readable
 from euclip.data.sampling import EpochIndexed, GlobalBatchSampler, describe_global_batch
 from euclip.options import option
+from euclip.signals import ignore_stop_signals
 
 __all__ = ["DATA_SOURCES", "DataSource", "DataSpec", "StreamPosition", "TrainDataOptions", "TrainStream",
            "check_source", "get_source", "register_source", "SYNTHETIC_EPOCH"]
@@ -226,7 +227,8 @@ def _map_stream(dataset: Dataset, wrapped: EpochIndexed, options: TrainDataOptio
                                  position.start_step, options.accum_freq)
     loader = DataLoader(wrapped, batch_sampler=sampler, collate_fn=Collate(tokenizer), num_workers=options.workers,
                         persistent_workers=options.workers > 0, pin_memory=position.pin_memory,
-                        prefetch_factor=4 if options.workers > 0 else None)
+                        prefetch_factor=4 if options.workers > 0 else None,
+                        worker_init_fn=ignore_stop_signals)  # the trainer handles preemption (euclip.signals)
     # An epoch of this process's samples that are all unreadable: every row was tried, the data is unreadable.
     epoch = sampler.steps_per_epoch * options.accum_freq * options.batch_size
     return TrainStream(_Guarded(loader, epoch, options.train_data or "the data"), sampler.steps_per_epoch,

@@ -75,6 +75,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from euclip.data.batch import Batch, Collate, NoReadableDataError
+from euclip.signals import ignore_stop_signals
 
 __all__ = ["WdsLoader", "make_wds_loader", "write_shards", "expand_shards", "IMAGE_KEYS"]
 
@@ -602,7 +603,8 @@ def make_wds_loader(urls: str, transform: Callable[[Image.Image], torch.Tensor],
     dataset = _WdsStream(plan, shared, transform, tokenizer)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                         persistent_workers=num_workers > 0, pin_memory=pin_memory,
-                        prefetch_factor=2 if num_workers > 0 else None)
+                        prefetch_factor=2 if num_workers > 0 else None,
+                        worker_init_fn=ignore_stop_signals)  # the trainer handles preemption (euclip.signals)
     return WdsLoader(loader, shared, plan, epoch)
 
 

@@ -124,7 +124,8 @@ def train_and_evaluate(job: dict) -> int:
 
     run = RunDir(job["run"])
     if not run.summary.is_file():
-        resume = ["--resume", "latest"] if run.has_checkpoint() else []
+        # Without a checkpoint, what an interrupted attempt left (its config, metrics) has nothing to resume.
+        resume = ["--resume", "latest"] if run.has_checkpoint() else ["--overwrite"]
         code = main(["train", "--no-eval", "--output", str(run.path), *_flags(job["train"]), *resume])
         if code != 0:
             return code

@@ -15,16 +15,18 @@ from euclip import geometry as geom
 from euclip.configs import check_model
 from euclip.data.sources import SYNTHETIC_EPOCH, TrainDataOptions, get_source, source_names
 from euclip.losses import LOSSES, check_loss
-from euclip.model import ModelConfig
+from euclip.model import ModelConfig, check_device
 from euclip.options import option
 from euclip.presets import PRESETS, check_preset, default_init_logit_scale
 from euclip.train.distributed import env_world_size
 from euclip.train.precision import PRECISIONS, check_precision
 
-__all__ = ["TrainConfig", "resolve_config", "SYNTHETIC_EPOCH", "SIGLIP_INIT"]
+__all__ = ["TrainConfig", "resolve_config", "SYNTHETIC_EPOCH", "SIGLIP_INIT", "FIXED_ON_RESUME"]
 
 # OpenCLIP's --siglip initialisation: t = 10, b = −10 (SigLIP's paper).
 SIGLIP_INIT = {"init_logit_scale": math.log(10.0), "init_logit_bias": -10.0}
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _train_sources() -> list[str]:
@@ -73,7 +75,12 @@ class TrainConfig:
     device: str = option("auto", group="run", help="auto (CUDA if available: the local rank's GPU under torchrun), "
                                                    "cpu, cuda")
     resume: str | None = option(None, group="run", metavar="WHAT",
-                                help="continue a run: 'latest' (in --output), a run directory or a checkpoint file")
+                                help="continue a run: 'latest' (in --output), a run directory or a checkpoint file; "
+                                     "flags not given are the run's, optimisation and bookkeeping flags may change "
+                                     "(logged), geometry and model flags may not")
+    overwrite: bool = option(False, group="run",
+                             help="start a new run in an --output folder that holds one, deleting its files first "
+                                  "(without it, a used folder is refused)")
     progress: bool = option(True, group="run", help="a progress bar")
     # Data
     dataset_type: str = option("synthetic", group="data", choices=_train_sources,
@@ -119,8 +126,8 @@ class TrainConfig:
     epochs: int | None = option(None, group="optimisation", help="training epochs (see --train-num-samples)",
                                 default_text="1 unless --steps is given")
     steps: int | None = option(None, group="optimisation", help="total optimizer steps (overrides --epochs)")
-    lr: float = option(5e-4, group="optimisation", help="peak learning rate")
-    wd: float = option(0.2, group="optimisation", help="AdamW weight decay (never on gains, biases and scalars)")
+    lr: float = option(5e-4, group="optimisation", help="peak learning rate (>= 0)")
+    wd: float = option(0.2, group="optimisation", help="AdamW weight decay, >= 0 (never on gains, biases and scalars)")
     warmup: int = option(100, group="optimisation", metavar="STEPS", help="linear warm-up steps, then cosine decay")
     beta1: float = option(0.9, group="optimisation", help="AdamW β1")
     beta2: float = option(0.98, group="optimisation", help="AdamW β2")
@@ -149,7 +156,8 @@ class TrainConfig:
     deterministic: bool = option(False, group="performance", help="torch deterministic algorithms")
     # Bookkeeping
     save_every_steps: int = option(500, group="bookkeeping", metavar="STEPS",
-                                   help="checkpoint interval (also at the end, and on SIGTERM)")
+                                   help="checkpoint interval (also at the end, and on SIGTERM, SIGINT or SIGUSR1, "
+                                        "to the trainer or its process group)")
     keep_checkpoints: int = option(2, group="bookkeeping", metavar="N", help="step checkpoints kept (the newest)")
     log_every_steps: int = option(10, group="bookkeeping", metavar="STEPS",
                                   help="metrics.jsonl/TensorBoard interval; statistics are read from the device "
@@ -168,6 +176,10 @@ class TrainConfig:
                 it). Some combinations (``--local-loss`` without ``--gather-with-grad``) are only wrong with several.
         """
         world_size = env_world_size() if world_size is None else world_size
+        check_device(self.device)
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume contradict each other: --resume continues the run in "
+                             "--output, --overwrite deletes it")
         check_precision(self.precision)
         check_loss(self.loss)
         get_source(self.dataset_type).check(self.data_options(), world_size)
@@ -189,7 +201,9 @@ class TrainConfig:
             raise ValueError(f"--loss {self.loss} needs a logit bias: give --init-logit-bias (or use --siglip)")
         self._check_validation()
         check_model(self.model.model)
-        if self.pretrained is not None and not Path(self.pretrained).is_file():
+        self._check_head()
+        if self.pretrained is not None and not self.resume and not Path(self.pretrained).is_file():
+            # (A resume loads its towers from the checkpoint, not from --pretrained.)
             raise FileNotFoundError(f"--pretrained: no such file: {self.pretrained}")
         return self
 
@@ -213,8 +227,32 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.entailment_weight < 0:
             raise ValueError(f"--entailment-weight must be >= 0, got {self.entailment_weight}")
-        if self.min_radius <= 0 or (self.min_radius_final is not None and self.min_radius_final <= 0):
-            raise ValueError("--min-radius must be positive")
+        if self.min_radius <= 0:
+            raise ValueError(f"--min-radius must be positive, got {self.min_radius}")
+        if self.min_radius_final is not None and self.min_radius_final <= 0:
+            raise ValueError(f"--min-radius-final must be positive, got {self.min_radius_final}")
+        for name in ("lr", "wd"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+
+    def _check_head(self) -> None:
+        """The head's scalars: a logit scale that float32 holds, curvature flags only where there is a curvature."""
+        m = self.model
+        largest = math.log(FLOAT32_MAX)
+        if not (math.isfinite(m.max_logit_scale) and math.log(m.max_logit_scale) < largest):
+            raise ValueError(f"--max-logit-scale must be finite in float32 (< {FLOAT32_MAX:.3g}), got "
+                             f"{m.max_logit_scale}")
+        ceiling = math.log(m.max_logit_scale)
+        if not (math.isfinite(m.init_logit_scale) and m.init_logit_scale <= ceiling):
+            # exp(100) overflows float32: every logit is inf and no step can train. Above the ceiling, the first
+            # step's clamp (to ln --max-logit-scale) would override the value given anyway.
+            raise ValueError(f"--init-logit-scale is log t: it must be at most ln(--max-logit-scale "
+                             f"{m.max_logit_scale:g}) = {ceiling:.4g} (t = {m.max_logit_scale:g}), got "
+                             f"{m.init_logit_scale}")
+        if m.geometry != "hyperbolic" and (m.curvature != _MODEL_DEFAULTS["curvature"]
+                                           or m.learn_curvature != _MODEL_DEFAULTS["learn_curvature"]):
+            raise ValueError(f"--curvature and --no-learn-curvature apply to the hyperbolic geometry only, not "
+                             f"{m.geometry!r}")
 
     def _check_validation(self) -> None:
         if self.validation_spec_kwargs() is not None:
@@ -251,6 +289,40 @@ class TrainConfig:
         frac = min(step / (total_steps - 1), 1.0)
         return self.min_radius + frac * (self.min_radius_final - self.min_radius)
 
+    def resume_changes(self, saved: "TrainConfig") -> list[tuple[str, str, str]]:
+        """Check this config against ``saved``, the one a resumed checkpoint was trained with.
+
+        The model and geometry settings (the ``geometry`` and ``model`` groups of ``--help``) define what the weights
+        are: a resume cannot change them (half a preset would apply to weights trained under the other half). The
+        settings the program fills in itself (image normalisation, towers) are taken from ``saved``; so is the
+        preset, a label of settings that are the same. Every other setting takes effect when changed.
+
+        Returns:
+            ``(flag, saved value, new value)`` of each setting this resume changes.
+
+        Raises:
+            ValueError: model or geometry settings differ, all listed.
+        """
+        fixed = [(f"{_flag(f)} {_show(getattr(new, f.name))} (the run's: {_show(getattr(old, f.name))})")
+                 for new, old, f in self._paired(saved) if f.name in FIXED_ON_RESUME
+                 and getattr(new, f.name) != getattr(old, f.name)]
+        if fixed:
+            raise ValueError(f"--resume: a resumed run cannot change the model or geometry it was trained with: "
+                             f"{', '.join(fixed)}. Resume without these flags, or start a new run (another "
+                             f"--output, or --overwrite)")
+        for f in fields(ModelConfig):
+            if not f.metadata.get("cli", True):
+                setattr(self.model, f.name, getattr(saved.model, f.name))
+        self.preset = saved.preset
+        return [(_flag(f), _show(getattr(old, f.name)), _show(getattr(new, f.name)))
+                for new, old, f in self._paired(saved) if f.name not in _NOT_SETTINGS
+                and getattr(new, f.name) != getattr(old, f.name)]
+
+    def _paired(self, other: "TrainConfig") -> list[tuple[object, object, object]]:
+        """``(this config's holder, other's holder, field)`` for every field, ModelConfig's included."""
+        own = [(self, other, f) for f in fields(self) if f.name != "model"]
+        return own + [(self.model, other.model, f) for f in fields(ModelConfig)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -282,18 +354,44 @@ class TrainConfig:
 
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+_MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelConfig)}
+
+# What a resume may not change: the flags of the geometry and model groups (TrainConfig.resume_changes).
+FIXED_ON_RESUME = frozenset(
+    [f.name for f in fields(ModelConfig) if f.metadata.get("cli", True)]
+    + [f.name for f in fields(TrainConfig) if f.metadata.get("group") in ("geometry", "model") and f.name != "preset"])
+# Fields that are not settings of the run: where it resumes from, and how its folder is claimed.
+_NOT_SETTINGS = frozenset({"resume", "overwrite", "preset"})
 
 
-def resolve_config(explicit: dict) -> TrainConfig:
+def _flag(f) -> str:
+    """The command-line flag of config field ``f``."""
+    return (f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),))[0]
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def resolve_config(explicit: dict, base: TrainConfig | None = None) -> TrainConfig:
     """Build a TrainConfig from explicitly given options (``None`` = not given), a preset and defaults.
 
     Precedence: explicit flags > ``siglip`` > the preset > per-logit defaults > the dataclass defaults. The
     geometry may be a paper-code alias (``euclidean-squared``; a plain ``euclidean`` is the paper code's
     negative-distance model); ``init_logit_scale`` defaults to the paper's value for the chosen logit.
     ``siglip=True`` is OpenCLIP's ``--siglip``: the sigmoid loss with its initial scale and bias.
+
+    Args:
+        base: on ``--resume``, the config the run was trained with: it takes the place of the defaults, so that
+            only the options given change (and a change of model or geometry is then refused by the trainer).
     """
     given = {k: v for k, v in explicit.items() if v is not None}
     merged: dict = {}
+    if base is not None:
+        merged.update({k: v for k, v in base.to_dict().items() if k != "model"}, **base.to_dict()["model"],
+                      resume=None, overwrite=False)
     if given.get("preset"):
         merged.update(PRESETS[check_preset(given["preset"])])
     if given.pop("siglip", False):
@@ -306,9 +404,19 @@ def resolve_config(explicit: dict) -> TrainConfig:
     if "init_logit_scale" not in merged:
         merged["init_logit_scale"] = default_init_logit_scale(merged.get("logit", ModelConfig.logit),
                                                               merged.get("entailment_weight", 0.0))
+    _check_curvature_flags(given, merged.get("geometry", ModelConfig.geometry))
     model = ModelConfig(**{k: merged.pop(k) for k in list(merged) if k in MODEL_FIELDS})
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(merged) - known
     if unknown:
         raise ValueError(f"unknown options: {', '.join(sorted(unknown))}")
     return TrainConfig(model=model, **merged).validate()
+
+
+def _check_curvature_flags(given: dict, geometry: str) -> None:
+    """Refuse curvature flags given for a geometry without a curvature (they would be recorded, and do nothing)."""
+    flags = (["--curvature"] if "curvature" in given else []) + (
+        [f"--{'' if given['learn_curvature'] else 'no-'}learn-curvature"] if "learn_curvature" in given else [])
+    if flags and geometry != "hyperbolic":
+        verb = "apply" if len(flags) > 1 else "applies"
+        raise ValueError(f"{' and '.join(flags)} {verb} to the hyperbolic geometry only, not {geometry!r}")

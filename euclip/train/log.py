@@ -28,8 +28,13 @@ class StepLog:
     def __init__(self, trainer: Trainer, metrics: MetricsLogger, progress, nonfinite_seen: int):
         self.trainer, self.metrics, self.progress = trainer, metrics, progress
         self.nonfinite_seen = nonfinite_seen  # non-finite steps already reported
-        self.last_saved: int | None = None
+        self.last_saved: int | None = None  # the step of the last checkpoint (written or resumed from)
+        self.saved_trained = True  # whether any step had trained when it was written
         self._window_start, self._window_samples = time.perf_counter(), 0
+
+    def saved(self, step: int, trained: bool) -> None:
+        """Record the checkpoint of ``step`` (``trained``: some step had trained by then), for error messages."""
+        self.last_saved, self.saved_trained = step, trained
 
     def count_samples(self, n: int) -> None:
         self._window_samples += n
@@ -64,7 +69,7 @@ class StepLog:
         log.warning("step %d: non-finite %s (loss %s); %d non-finite step(s) skipped so far (at most %d)", step, what,
                     loss, count, limit)
         if count > limit:
-            where = last_good_checkpoint(self.trainer.run, self.last_saved)
+            where = last_good_checkpoint(self.trainer.run, self.last_saved, self.saved_trained)
             raise NonFiniteLossError(f"step {step}: non-finite {what} (loss {loss}); {count} non-finite steps exceed "
                                      f"--nonfinite-limit {limit}. Last finite loss: {host['last_finite_loss']}; "
                                      f"{where}.")

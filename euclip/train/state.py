@@ -11,8 +11,8 @@ import torch.distributed as dist
 
 import euclip
 from euclip.runs import RunDir
-from euclip.train.checkpoint import (find_checkpoint, load_checkpoint, remove_stale_temporaries, rng_state,
-                                     save_checkpoint, set_rng_state)
+from euclip.train.checkpoint import (remove_stale_temporaries, resume_checkpoint, rng_state, save_checkpoint,
+                                     set_rng_state)
 from euclip.train.config import TrainConfig
 from euclip.train.distributed import DistInfo, barrier
 from euclip.train.setup import Trainer
@@ -58,31 +58,63 @@ class Counters:
 
 
 def read_checkpoint(cfg: TrainConfig) -> dict | None:
-    """The checkpoint ``--resume`` names, with the model settings it was trained with taking precedence."""
+    """The checkpoint ``--resume`` names (see :func:`~euclip.train.checkpoint.resume_checkpoint`), once ``cfg`` is
+    checked against the settings it was trained with.
+
+    Raises:
+        ValueError: ``cfg`` changes a model or geometry setting (:meth:`TrainConfig.resume_changes`).
+    """
     if not cfg.resume:
         return None
-    path = find_checkpoint(cfg.resume, cfg.output)
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = resume_checkpoint(cfg.resume, cfg.output)
     saved = TrainConfig.from_dict(checkpoint["config"])
-    if saved.model != cfg.model:
-        log.warning("resuming with the checkpoint's model config %s (ignoring %s)", saved.model, cfg.model)
-        cfg.model = saved.model
+    for flag, old, new in cfg.resume_changes(saved):
+        log.info("resume: %s changed %s → %s", flag, old, new)
     log.info("resuming from %s at step %d", path, checkpoint["step"])
     return checkpoint
 
 
 def restore(trainer: Trainer, checkpoint: dict) -> Counters:
-    """Load weights, optimizer, schedule, loss scaler and RNG states; returns the saved counters."""
+    """Load weights, optimizer, schedule, loss scaler and RNG states; returns the saved counters.
+
+    The optimiser's settings (``--lr``, ``--wd``, betas, ε) and the schedule (``--warmup``, ``--steps``) are this
+    run's: a resume may change them, and the change takes effect from the first resumed step.
+    """
     trainer.model.load_state_dict(checkpoint["model"])
     if trainer.scaler.is_enabled() and checkpoint.get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["scaler"])
-    # The scheduler's constructor reset the learning rates; the optimizer's state holds the ones in force at the
-    # checkpoint (scheduler.load_state_dict does not restore them).
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
+    settings = _optimiser_settings(trainer)
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])  # moments and step counts, and the old settings...
+    trainer.scheduler.load_state_dict(checkpoint["scheduler"])  # ...the step number, and the old base rates
+    _apply_optimiser_settings(trainer, settings)
     _restore_rng(checkpoint["rng"], trainer.dist)
     _check_resume_data(checkpoint.get("data", {}), trainer.data_info())
     return Counters(**checkpoint.get("counters", {}))
+
+
+_GROUP_SETTINGS = ("weight_decay", "betas", "eps", "initial_lr")
+
+
+def _optimiser_settings(trainer: Trainer) -> dict:
+    """The settings this run's optimizer and scheduler were built with (before a checkpoint's replace them)."""
+    return {"groups": [{k: g[k] for k in _GROUP_SETTINGS} for g in trainer.optimizer.param_groups],
+            "base_lrs": list(trainer.scheduler.base_lrs)}
+
+
+def _apply_optimiser_settings(trainer: Trainer, settings: dict) -> None:
+    """Put this run's settings back after loading a checkpoint, and recompute the learning rate of the step.
+
+    The rate is ``base * schedule(step)``, as the scheduler computes it: with unchanged settings, the very number
+    the interrupted run would have used (a resume stays bit-exact); a new ``--lr`` or schedule applies at once.
+    """
+    optimizer, scheduler = trainer.optimizer, trainer.scheduler
+    for group, own in zip(optimizer.param_groups, settings["groups"], strict=True):
+        group.update(own)
+    scheduler.base_lrs = settings["base_lrs"]
+    rates = [base * schedule(scheduler.last_epoch) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() reports (logged as lr)
 
 
 def write_run_metadata(trainer: Trainer) -> None:
@@ -98,8 +130,10 @@ def write_run_metadata(trainer: Trainer) -> None:
         log.warning("removed %s, left by a checkpoint write that was interrupted", stale)
 
 
-def save(trainer: Trainer, step: int, counters: Counters) -> None:
-    """Write the checkpoint of ``step`` (every process takes part: the RNG states are gathered)."""
+def save(trainer: Trainer, step: int, counters: Counters) -> bool:
+    """Write the checkpoint of ``step`` (every process takes part: the RNG states are gathered); returns whether
+    any step had trained by then (else the checkpoint holds the initial weights)."""
+    host = counters.to_host()  # global counts: the same on every process
     rngs = [rng_state()]
     if trainer.dist.distributed:
         gathered = [None] * trainer.dist.world_size
@@ -109,7 +143,7 @@ def save(trainer: Trainer, step: int, counters: Counters) -> None:
         state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                  "scheduler": trainer.scheduler.state_dict(),
                  "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None, "step": step,
-                 "config": trainer.cfg.to_dict(), "rng": rngs, "counters": counters.to_host(),
+                 "config": trainer.cfg.to_dict(), "rng": rngs, "counters": host,
                  "data": trainer.data_info()}
         save_checkpoint(trainer.run.checkpoints, step, state, keep=trainer.cfg.keep_checkpoints)
     barrier()
@@ -134,9 +168,18 @@ def _check_resume_data(saved: dict, now: dict) -> None:
                     ", ".join(changed))
 
 
-def last_good_checkpoint(run: RunDir, last_saved: int | None) -> str:
-    """A sentence for error messages: where the last good checkpoint is, and how to resume from it."""
+def last_good_checkpoint(run: RunDir, last_saved: int | None, trained_before: bool = True) -> str:
+    """A sentence for error messages: where the last good checkpoint is, and how to resume from it.
+
+    Args:
+        last_saved: the step of the last checkpoint written (or resumed from); ``None``: none yet.
+        trained_before: whether any step had trained when it was written (else it holds the initial weights).
+    """
     if last_saved is None:
         return "no checkpoint was written yet"
+    if not trained_before:
+        return (f"there is no trained checkpoint: {run.latest} (step {last_saved}) holds the initial weights, as no "
+                "step had trained when it was written; start again (--overwrite) with e.g. a lower --lr, a smaller "
+                "--init-logit-scale or --grad-clip-norm")
     return (f"the last good checkpoint is {run.latest} (step {last_saved}; resume with --resume latest and e.g. a "
             "lower --lr or --grad-clip-norm)")

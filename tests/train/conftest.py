@@ -137,10 +137,52 @@ def run_killed(args: list[str], kill_at: str, timeout: float = 300) -> subproces
     return proc
 
 
+# `euclip train` in a fresh interpreter whose steps each take at least SLOW_STEP seconds (a sleep after the step,
+# which changes no number): long enough for a test to signal it mid-run. Signals are real and reach whatever the
+# test sends them to (its process group included: start_train starts it in a session of its own).
+_SLOW = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import euclip.train.loop as loop
+    from euclip.cli import main
+
+    original_step, pause = loop.train_step, float(os.environ["SLOW_STEP"])
+
+    def step(*args, **kwargs):
+        result = original_step(*args, **kwargs)
+        time.sleep(pause)
+        return result
+
+    loop.train_step = step
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def start_train(args: list[str], slow_step: float = 0.0) -> subprocess.Popen:
+    """Start ``euclip train ARGS`` in its own session (so that ``os.killpg(proc.pid, ...)`` signals the trainer and
+    its DataLoader workers, as a scheduler does); stdout and stderr are pipes."""
+    env = {**os.environ, "SLOW_STEP": str(slow_step), **same_threads()}
+    return subprocess.Popen([sys.executable, "-c", _SLOW, "train", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_steps(proc: subprocess.Popen, run: Path, n: int, timeout: float = 300) -> None:
+    """Wait until ``run``'s metrics.jsonl has ``n`` lines (the trainer still running)."""
+    import time
+
+    path, deadline = run / "metrics.jsonl", time.monotonic() + timeout
+    while not (path.is_file() and len(path.read_text().splitlines()) >= n):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the trainer ended (or hung) before step {n}: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="session")
 def th() -> SimpleNamespace:
     """The helpers above (test modules cannot import a conftest under ``--import-mode=importlib``)."""
     return SimpleNamespace(REPO=REPO, BASE_OPTIONS=BASE_OPTIONS, base_args=base_args,
                            write_csv_dataset=write_csv_dataset, model_state=model_state, max_abs_diff=max_abs_diff,
                            metrics=metrics, losses=losses, run_killed=run_killed,
-                           same_threads=same_threads)
+                           same_threads=same_threads, start_train=start_train, wait_for_steps=wait_for_steps)

@@ -42,6 +42,23 @@ def test_divergence_stops_with_a_named_step_and_keeps_the_checkpoint(tmp_path, t
 
 
 @pytest.mark.slow
+def test_a_run_that_never_trained_says_its_checkpoint_holds_the_initial_weights(tmp_path, th, capsys, monkeypatch):
+    from euclip.model import GeometricCLIP
+
+    forward = GeometricCLIP.forward  # every step non-finite from the first: the checkpoints are of untrained weights
+    monkeypatch.setattr(GeometricCLIP, "forward",
+                        lambda self, *a, **k: tuple(x * float("nan") for x in forward(self, *a, **k)))
+    run = tmp_path / "run"
+    args = th.base_args(preset="euclip", batch_size=8, steps=8, nonfinite_limit=2, save_every_steps=1, output=run)
+    code, err = _run(["train", "--no-eval", *args], capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 3 and "last good checkpoint" not in line, line
+    # Steps 1-3 are non-finite; the third stops the run before its checkpoint, so the last one is of step 2.
+    assert (f"there is no trained checkpoint: {run / 'checkpoints' / 'latest.pt'} (step 2) holds the initial "
+            "weights") in line, line
+
+
+@pytest.mark.slow
 def test_an_empty_batch_is_a_skipped_step_at_its_data_position(tmp_path, th):
     # 8 rows in batches of 4; every row of the first batch (of the seed-0 permutation) is unreadable.
     first = next(iter(GlobalBatchSampler(8, 4, seed=0)))
@@ -84,7 +101,21 @@ BAD_INPUT = {
     "caption-levels": (["--synthetic-caption-levels", "1,2"], "--synthetic-caption-levels: caption level "
                        "frequencies must be 5 non-negative numbers"),
     "caption-levels-text": (["--synthetic-caption-levels", "1,a"], "expected comma-separated numbers, got '1,a'"),
+    "device-tpu": (["--device", "tpu"], "--device tpu: not a device; use auto, cpu, cuda or cuda:N"),
+    "min-radius-final": (["--min-radius-final", "-1"], "--min-radius-final must be positive, got -1"),
+    "min-radius": (["--min-radius", "0"], "--min-radius must be positive, got 0"),
+    "init-logit-scale": (["--init-logit-scale", "100"], "--init-logit-scale is log t: it must be at most "
+                         "ln(--max-logit-scale 100) = 4.605 (t = 100), got 100"),
+    "max-logit-scale": (["--max-logit-scale", "1e39"], "--max-logit-scale must be finite in float32"),
+    "curvature": (["--preset", "euclip", "--curvature", "2"], "--curvature applies to the hyperbolic geometry only, "
+                  "not 'euclidean'"),
+    "learn-curvature": (["--geometry", "elliptic", "--no-learn-curvature"], "--no-learn-curvature applies to the "
+                        "hyperbolic geometry only, not 'elliptic'"),
+    "wd": (["--wd", "-0.1"], "--wd must be >= 0, got -0.1"),
+    "lr": (["--lr", "-0.001"], "--lr must be >= 0, got -0.001"),
 }
+if not torch.cuda.is_available():  # the GPU machine has one; here it is absent
+    BAD_INPUT["device-cuda"] = (["--device", "cuda"], "--device cuda: no CUDA GPU is available here")
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
