@@ -121,25 +121,30 @@ def peak_memory_here(config: LossConfig, batch: int, dim: int, device: str) -> f
 
     On CPU only meaningful in a fresh process (see the module docstring): use :func:`peak_memory`.
     """
-    import torch
-
     _step(config, *_inputs(config, 8, dim, device))  # warm up kernels, thread pools and the allocator
     inputs = _inputs(config, batch, dim, device)
+    return _peak_bytes(lambda: _step(config, *inputs), device)
+
+
+def _peak_bytes(run: Callable[[], object], device: str) -> float:
+    """Peak bytes that ``run()`` allocates beyond what is allocated before it (CPU: peak RSS, see above)."""
+    import torch
+
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        _step(config, *inputs)
+        run()
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - before)
     before = _proc_status_bytes("VmRSS")
     if _reset_peak_rss():
-        _step(config, *inputs)
+        run()
         peak = _proc_status_bytes("VmHWM")
     else:
         import resource
 
-        _step(config, *inputs)
+        run()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return float(max(peak - before, 0))
 
@@ -300,27 +305,9 @@ def _loss_step(row: LossRow, image, text, logit_scale, logit_bias, curvature) ->
 
 def loss_peak_memory_here(row: LossRow, batch: int, dim: int, device: str) -> float:
     """Peak bytes of one forward + backward of ``row`` beyond its inputs, in this process (see :func:`peak_memory_here`)."""
-    import torch
-
     _loss_step(row, *_loss_inputs(row, 8, dim, device))  # warm-up
     inputs = _loss_inputs(row, batch, dim, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        _loss_step(row, *inputs)
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - before)
-    before = _proc_status_bytes("VmRSS")
-    if _reset_peak_rss():
-        _loss_step(row, *inputs)
-        peak = _proc_status_bytes("VmHWM")
-    else:
-        import resource
-
-        _loss_step(row, *inputs)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return float(max(peak - before, 0))
+    return _peak_bytes(lambda: _loss_step(row, *inputs), device)
 
 
 def loss_peak_memory(row: LossRow, batch: int, dim: int, device: str, threads: int | None = None) -> float:

@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `euclip bench` hands its arguments to euclip.bench's own parser; argparse's REMAINDER would not take a leading
+    # option (`euclip bench -h`), so what no euclip parser knows goes to it.
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "bench_args", None) is not None:
+        args.bench_args = unknown + args.bench_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # euclip's own messages at INFO; other libraries' (OpenCLIP logs every tokenizer lookup) only from WARNING.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
