@@ -29,7 +29,7 @@ def demo_options(preset: str, output: Path, steps: int, batch_size: int, quick: 
                 warmup=min(50, steps // 10), entailment_warmup=steps // 3, wd=0.1, workers=1,
                 save_every_steps=max(steps // 2, 1),
                 log_every_steps=10, zeroshot_samples=512 if quick else 2000, train_num_samples=50_000,
-                progress=progress, seed=0)
+                progress=progress, seed=0, overwrite=True)  # running the demo again replaces its runs
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -25,3 +25,6 @@ def test_demo_writes_table_figure_and_report(tmp_path, capsys):
     assert (out / "report" / "norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table" in (out / "report" / "index.html").read_text()
     assert "results.md" in capsys.readouterr().out
+    # Running the demo again replaces its runs (their folders are not refused as used ones).
+    assert main(["demo", "--quick", "--steps", "2", "--presets", "euclip", "--output", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "euclip" / "summary.json").read_text())["steps"] == 2
