@@ -179,10 +179,22 @@ def wait_for_steps(proc: subprocess.Popen, run: Path, n: int, timeout: float = 3
         time.sleep(0.02)
 
 
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """``euclip ARGS`` in this process: its exit code (also when it raises SystemExit) and what it wrote to stderr."""
+    from euclip.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="session")
 def th() -> SimpleNamespace:
     """The helpers above (test modules cannot import a conftest under ``--import-mode=importlib``)."""
     return SimpleNamespace(REPO=REPO, BASE_OPTIONS=BASE_OPTIONS, base_args=base_args,
                            write_csv_dataset=write_csv_dataset, model_state=model_state, max_abs_diff=max_abs_diff,
                            metrics=metrics, losses=losses, run_killed=run_killed,
-                           same_threads=same_threads, start_train=start_train, wait_for_steps=wait_for_steps)
+                           same_threads=same_threads, start_train=start_train, wait_for_steps=wait_for_steps,
+                           run_cli=run_cli)

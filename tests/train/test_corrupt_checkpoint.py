@@ -14,14 +14,6 @@ from euclip.cli import main
 from euclip.train import checkpoint as ckpt
 
 
-def _run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 def _truncate(path) -> None:
     size = os.path.getsize(path)
     with open(path, "r+b") as f:  # through latest.pt this cuts the file it points to
@@ -74,28 +66,29 @@ def test_no_intact_checkpoint_names_every_file_tried(tmp_path, th, finished, cap
     shutil.copytree(reference, run, symlinks=True)
     for step in (2, 4):
         _truncate(run / "checkpoints" / f"step_0000000{step}.pt")
-    code, err = _run(["train", "--no-eval", *args, "--output", str(run), "--resume", "latest"], capsys)
+    code, err = th.run_cli(["train", "--no-eval", *args, "--output", str(run), "--resume", "latest"], capsys)
     assert code == 2 and "Traceback" not in err, err
     assert "no intact checkpoint" in err and "step_00000002.pt" in err and "step_00000004.pt" in err, err
     # A named file: its name in the error.
     step4 = run / "checkpoints" / "step_00000004.pt"
-    code, err = _run(["train", "--no-eval", *args, "--output", str(tmp_path / "other"), "--resume", str(step4)], capsys)
+    code, err = th.run_cli(["train", "--no-eval", *args, "--output", str(tmp_path / "other"), "--resume", str(step4)],
+                            capsys)
     assert code == 2 and f"cannot read checkpoint {step4}" in err, err
 
 
 @pytest.mark.slow
-def test_eval_names_the_damaged_file_and_the_intact_one(tmp_path, finished, capsys):
+def test_eval_names_the_damaged_file_and_the_intact_one(tmp_path, th, finished, capsys):
     reference, _ = finished
     run = tmp_path / "run"
     shutil.copytree(reference, run, symlinks=True)
     _truncate(run / "checkpoints" / "step_00000004.pt")
-    code, err = _run(["eval", "zeroshot", str(run), "--num-samples", "16", "--device", "cpu"], capsys)
+    code, err = th.run_cli(["eval", "zeroshot", str(run), "--num-samples", "16", "--device", "cpu"], capsys)
     assert code == 2 and "Traceback" not in err, err
     assert f"cannot read checkpoint {run / 'checkpoints' / 'latest.pt'}" in err, err
     intact = run / "checkpoints" / "step_00000002.pt"
     assert f"the newest intact checkpoint is {intact}" in err, err
     # The file itself, named: the error names it.
-    code, err = _run(["eval", "zeroshot", str(run / "checkpoints" / "step_00000004.pt"), "--num-samples", "16",
+    code, err = th.run_cli(["eval", "zeroshot", str(run / "checkpoints" / "step_00000004.pt"), "--num-samples", "16",
                       "--device", "cpu"], capsys)
     assert code == 2 and "cannot read checkpoint" in err and "step_00000004.pt" in err, err
     assert main(["eval", "zeroshot", str(intact), "--num-samples", "16", "--device", "cpu"]) == 0

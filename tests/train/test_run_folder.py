@@ -13,21 +13,13 @@ from euclip.cli import main
 from euclip.train import checkpoint as ckpt
 
 
-def _run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_a_new_run_into_a_used_folder_is_refused_unless_overwrite(tmp_path, th, capsys):
     run = tmp_path / "run"
     args = ["--no-eval", *th.base_args(preset="euclip", batch_size=8, steps=3, save_every_steps=1, output=run)]
     assert main(["train", *args]) == 0
     before = {p.name: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-    code, err = _run(["train", *args, "--seed", "1"], capsys)
+    code, err = th.run_cli(["train", *args, "--seed", "1"], capsys)
     assert code == 2 and f"{run} already holds a run" in err and "--resume latest" in err and "--overwrite" in err, err
     assert {p.name: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before  # untouched
     # --overwrite: the old run's files go first, so retention and metrics are the new run's alone.
@@ -36,7 +28,7 @@ def test_a_new_run_into_a_used_folder_is_refused_unless_overwrite(tmp_path, th, 
                                                                         "step_00000002.pt"]
     assert [m["step"] for m in th.metrics(run)] == [1, 2]
     assert json.loads((run / "config.json").read_text())["seed"] == 1
-    code, err = _run(["train", *args, "--overwrite", "--resume", "latest"], capsys)
+    code, err = th.run_cli(["train", *args, "--overwrite", "--resume", "latest"], capsys)
     assert code == 2 and "--overwrite and --resume" in err
 
 
