@@ -15,7 +15,7 @@ SWEEP_EXAMPLES = (
     "euclip sweep --grid headline --seeds 0,1,2 --output runs/headline",
     "euclip sweep --output runs/paper                       # the paper grid, 30 cells × seeds 0,1",
     "euclip sweep --geometries euclidean,hyperbolic --logits squared,distance --final-ln off --seeds 0,1,2,3",
-    "euclip sweep --grid headline --embed-dims 64,128 --set lr=0.002 --jobs 8     # one cell per GPU",
+    "euclip sweep --grid headline --embed-dims 64,128 --set lr=0.002 --jobs 1     # one cell at a time",
     "euclip sweep --launcher slurm --partition gpu --time 120 --output /scratch/sweep",
     "euclip sweep --output runs/paper --dry-run              # list the cells, their state, the time left",
 )
@@ -43,9 +43,21 @@ def _numbers(kind):
     return parse
 
 
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number of cells at a time, got {text!r}")
+    return jobs
+
+
 def register(subparsers) -> None:
     from euclip.study.grid import GRIDS
-    from euclip.study.sweep import LAUNCHERS
+    from euclip.study.sweep import LAUNCHERS, MAX_AUTO_CPU_JOBS
 
     p = subparsers.add_parser(
         "sweep", help="the paper's comparison: a grid of runs with paired seeds, resumable, in parallel",
@@ -81,7 +93,9 @@ def register(subparsers) -> None:
     r.add_argument("--dry-run", action="store_true", help="list the cells, their state and an estimate of the time")
     r.add_argument("--launcher", choices=list(LAUNCHERS), default="local",
                    help="local processes, a slurm array job (submitit), or submitit's local executor")
-    r.add_argument("--jobs", type=int, default=1, help="local: cells at a time (one per GPU on a GPU node)")
+    r.add_argument("--jobs", type=_jobs, default="auto",
+                   help="local: cells at a time, each on its own GPU or CPU core (default: auto, one per GPU on a "
+                        f"GPU node, else one per CPU core, at most {MAX_AUTO_CPU_JOBS})")
     r.add_argument("--partition", help="slurm partition")
     r.add_argument("--gpus", type=int, default=1, help="slurm: GPUs per cell (default: 1)")
     r.add_argument("--cpus", type=int, default=8, help="slurm: CPUs per cell (default: 8)")
@@ -122,21 +136,23 @@ def build_sweep(args: argparse.Namespace):
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from euclip.study.sweep import estimate_seconds, plan, run_sweep
+    from euclip.study.sweep import auto_jobs, estimate_seconds, plan, run_sweep
 
     sweep = build_sweep(args)
     cells = plan(sweep)  # validates the grid before anything is written
+    jobs = auto_jobs() if args.jobs == "auto" else args.jobs
     if args.dry_run:
         todo = [c for c, status in cells if status != "done"]
         for cell, status in cells:
             print(f"  {status:8s} {cell.name}")
-        seconds, basis = estimate_seconds(sweep, todo)
-        print(f"{len(cells)} cells, {len(todo)} to run: about {seconds / 60:.0f} min with one job (from {basis})")
+        seconds, basis = estimate_seconds(sweep, todo, jobs)
+        print(f"{len(cells)} cells, {len(todo)} to run: about {seconds / 60:.0f} min with {jobs} job(s) at a time "
+              f"(from {basis})")
         return 0
     sweep.prepare(extend=args.extend)
     (sweep.root / "command.txt").write_text("euclip " + " ".join(sys.argv[1:]) + "\n")
     start = time.perf_counter()
-    outcome = run_sweep(sweep, args.launcher, args.jobs, {"partition": args.partition, "gpus": args.gpus,
+    outcome = run_sweep(sweep, args.launcher, jobs, {"partition": args.partition, "gpus": args.gpus,
                                                           "cpus": args.cpus, "mem_gb": args.mem_gb,
                                                           "time": args.time}, args.progress)
     failed = [r for r in outcome if r["status"] == "failed"]

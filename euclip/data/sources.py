@@ -55,6 +55,7 @@ class TrainDataOptions:
     csv_separator: str = "\t"
     synthetic_render_size: int | None = None
     synthetic_caption_levels: tuple[float, ...] | None = None
+    synthetic_color_captions: tuple[float, ...] | None = None
     dataset_resampled: bool = False
     seed: int = 0
     workers: int = 2
@@ -313,6 +314,13 @@ class SyntheticSource(DataSource):
                 check_level_probs(options.synthetic_caption_levels)
             except ValueError as exn:
                 raise ValueError(f"--synthetic-caption-levels: {exn}") from None
+        if options.synthetic_color_captions is not None:
+            from euclip.data.synthetic import check_color_captions
+
+            try:
+                check_color_captions(options.synthetic_color_captions)
+            except ValueError as exn:
+                raise ValueError(f"--synthetic-color-captions: {exn}") from None
         size = options.train_num_samples or SYNTHETIC_EPOCH
         global_batch = options.batch_size * world_size * options.accum_freq
         if global_batch > size:
@@ -328,7 +336,8 @@ class SyntheticSource(DataSource):
         # images is the CPU bottleneck of GPU runs).
         dataset = SyntheticShapes("train", size=options.train_num_samples or SYNTHETIC_EPOCH, seed=options.seed,
                                   image_size=options.synthetic_render_size or image_size,
-                                  level_probs=options.synthetic_caption_levels or LEVEL_PROBS)
+                                  level_probs=options.synthetic_caption_levels or LEVEL_PROBS,
+                                  color_captions=options.synthetic_color_captions or (0.0,))
         # Synthetic samples are pure functions of their index: no transform randomness to seed, and every epoch
         # reads new samples.
         wrapped = EpochIndexed(dataset, options.seed, fresh_per_epoch=True, random_transform=False)

@@ -8,7 +8,7 @@ level  what it names           example
 ====== ======================= ===================================================================
 0      nothing specific        "a shape"
 1      shape family            "a polygon"
-2      leaf shape              "a triangle"
+2      leaf shape (or colour)  "a triangle" ("a red shape", see ``color_captions``)
 3      colour + leaf shape     "a red triangle"
 4      every attribute         "a small red triangle at the top left on a noisy dark background"
 ====== ======================= ===================================================================
@@ -47,7 +47,7 @@ __all__ = [
     "COLORS", "COLOR_FAMILIES", "COLOR_TO_FAMILY", "COLOR_SYNONYMS", "COLOR_RGB",
     "SIZES", "SIZE_SYNONYMS", "POSITIONS", "POSITION_PHRASES", "BACKGROUNDS", "BACKGROUND_PHRASES",
     "CAPTION_LEVELS", "LEVEL_PROBS", "FRAMES", "TEMPLATES", "HELDOUT_COMBINATIONS", "SPLITS",
-    "Attributes", "SyntheticShapes", "check_level_probs", "shape_taxonomy", "color_taxonomy", "caption_pool",
+    "Attributes", "SyntheticShapes", "check_color_captions", "check_level_probs", "shape_taxonomy", "color_taxonomy", "caption_pool",
     "benchmark",
 ]
 
@@ -353,13 +353,16 @@ def _article(word: str, rnd: random.Random) -> str:
     return f"{art} {word}" if art else word
 
 
-def _noun_phrase(attrs: Attributes, level: int, rnd: random.Random) -> str:
+def _noun_phrase(attrs: Attributes, level: int, rnd: random.Random, color_caption: float = 0.0) -> str:
     # Returns the noun phrase without article; attribute order varies only where English allows it (size before colour
     # in front of the noun; position and background phrases after it in either order).
     if level == 0:
         return rnd.choice(GENERIC_NOUNS)
     if level == 1:
         return rnd.choice(FAMILY_PHRASES[attrs.family])
+    # Drawn only when asked for, so that the default captions stay what they always were.
+    if level == 2 and color_caption and rnd.random() < color_caption:
+        return f"{rnd.choice(COLOR_SYNONYMS[attrs.color])} {rnd.choice(GENERIC_NOUNS)}"
     shape = rnd.choice(SHAPE_SYNONYMS[attrs.shape])
     if level == 2:
         return shape
@@ -376,8 +379,8 @@ def _noun_phrase(attrs: Attributes, level: int, rnd: random.Random) -> str:
     return " ".join([head, *post])
 
 
-def _caption(attrs: Attributes, rnd: random.Random) -> str:
-    phrase = _article(_noun_phrase(attrs, attrs.caption_level, rnd), rnd)
+def _caption(attrs: Attributes, rnd: random.Random, color_caption: float = 0.0) -> str:
+    phrase = _article(_noun_phrase(attrs, attrs.caption_level, rnd, color_caption), rnd)
     return rnd.choice(FRAMES).format(phrase)
 
 
@@ -430,6 +433,20 @@ def check_level_probs(level_probs: Sequence[float]) -> tuple[float, ...]:
     return tuple(p / total for p in probs)
 
 
+def check_color_captions(fractions: Sequence[float]) -> tuple[float, ...]:
+    """Validate per-epoch fractions of colour-only captions (see :class:`SyntheticShapes`): one or more numbers in
+    [0, 1].
+
+    Raises:
+        ValueError: empty, or a value that is not a number in [0, 1].
+    """
+    values = tuple(float(f) for f in fractions)
+    if not values or not all(0.0 <= f <= 1.0 for f in values):  # NaN fails both comparisons
+        raise ValueError(f"colour-caption fractions must be one or more numbers in [0, 1] (one per epoch, the last "
+                         f"for every later epoch), got {list(fractions)}")
+    return values
+
+
 class SyntheticShapes(torch.utils.data.Dataset):
     """Rendered coloured shapes with multi-level captions; see the module docstring.
 
@@ -444,15 +461,20 @@ class SyntheticShapes(torch.utils.data.Dataset):
             tensor conversion.
         level_probs: relative frequency of each caption level 0..4 (normalised here); default
             :data:`LEVEL_PROBS`.
+        color_captions: per epoch (sample ``i`` is in epoch ``i // size``), the fraction of level-2 captions
+            that name the object's colour instead of its shape (``"a red shape"`` for ``"a triangle"``); the last
+            value holds for every later epoch. ``(0.0,)`` (the default): level 2 always names the shape. A
+            schedule such as ``(0, 0.4)`` teaches shapes first and colours second: a small model learns whichever
+            attribute is easiest first (colour) and then barely learns the other (see :data:`LEVEL_PROBS`).
 
     Raises:
-        ValueError: unknown split, ``size <= 0``, negative seed, ``image_size < 8``, or ``level_probs`` not five
-            non-negative numbers with a positive sum.
+        ValueError: unknown split, ``size <= 0``, negative seed, ``image_size < 8``, ``level_probs`` not five
+            non-negative numbers with a positive sum, or ``color_captions`` not numbers in [0, 1].
     """
 
     def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 32,
                  transform: Callable[[Image.Image], Any] | None = None,
-                 level_probs: Sequence[float] = LEVEL_PROBS):
+                 level_probs: Sequence[float] = LEVEL_PROBS, color_captions: Sequence[float] = (0.0,)):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if size <= 0:
@@ -463,6 +485,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             raise ValueError(f"image_size must be at least 8, got {image_size}")
         self.level_probs = check_level_probs(level_probs)
         self._level_cdf = np.cumsum(self.level_probs)
+        self.color_captions = check_color_captions(color_captions)
         self.split = split
         self.size = int(size)
         self.seed = int(seed)
@@ -507,7 +530,8 @@ class SyntheticShapes(torch.utils.data.Dataset):
     def caption(self, index: int) -> str:
         """The caption of sample ``index`` (cheap: no rendering)."""
         attrs, caption_seed, _ = self._draw(index)
-        return _caption(attrs, random.Random(caption_seed))
+        color_caption = self.color_captions[min(index // self.size, len(self.color_captions) - 1)]
+        return _caption(attrs, random.Random(caption_seed), color_caption)
 
     # -- rendering --------------------------------------------------------------------------------------------------
 

@@ -103,6 +103,11 @@ class TrainConfig:
         None, group="data", metavar="P0,P1,P2,P3,P4",
         help="synthetic: relative frequency of the caption levels 0 (\"a shape\"), 1 (family), 2 (shape), "
              "3 (colour + shape), 4 (every attribute)", default_text="0.05,0.1,0.7,0.1,0.05")
+    synthetic_color_captions: tuple[float, ...] | None = option(
+        None, group="data", metavar="F0[,F1,...]",
+        help="synthetic: per epoch, the fraction of level-2 captions that name the colour (\"a red shape\") instead "
+             "of the shape; the last value holds for later epochs (the sweep's recipe: 0,0.4 = shapes first)",
+        default_text="0: level 2 names the shape")
     dataset_resampled: bool = option(False, group="data",
                                      help="webdataset: draw shards with replacement (an infinite stream)")
     workers: int = option(2, group="data", help="data-loading worker processes per training process")
@@ -331,8 +336,9 @@ class TrainConfig:
         data = dict(data)
         model = ModelConfig(**data.pop("model", {}))
         known = {f.name for f in fields(cls)}
-        if isinstance(data.get("synthetic_caption_levels"), list):  # JSON has no tuples
-            data["synthetic_caption_levels"] = tuple(data["synthetic_caption_levels"])
+        for name in ("synthetic_caption_levels", "synthetic_color_captions"):
+            if isinstance(data.get(name), list):  # JSON has no tuples
+                data[name] = tuple(data[name])
         return cls(model=model, **{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str | Path) -> None:

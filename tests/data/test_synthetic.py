@@ -221,6 +221,33 @@ def test_caption_level_frequencies_can_be_chosen():
     assert all(torch.equal(default[i][0], only_shapes[i][0]) for i in range(5))
 
 
+def test_colour_captions_follow_their_per_epoch_schedule():
+    n = 400
+    single = (0, 0, 1, 0, 0)  # every caption names one attribute
+    schedule = SyntheticShapes("train", size=n, seed=3, level_probs=single, color_captions=(0.0, 1.0, 0.5))
+
+    def names(caption: str, words) -> bool:
+        return any(re.search(rf"\b{re.escape(w)}\b", caption) for w in words)
+
+    def names_colour_only(index: int) -> bool:
+        caption, attrs = schedule.caption(index), schedule.attributes(index)
+        has_colour, has_shape = names(caption, S.COLOR_SYNONYMS[attrs.color]), names(caption, _ALL_SHAPE_WORDS)
+        assert has_colour != has_shape, caption  # one attribute, the object's own
+        return has_colour and names(caption, S.GENERIC_NOUNS)
+
+    assert not any(names_colour_only(i) for i in range(n))  # epoch 0: shapes only
+    assert all(names_colour_only(i) for i in range(n, 2 * n))  # epoch 1: colours only
+    later = sum(names_colour_only(i) for i in range(2 * n, 5 * n))  # epoch 2 and after: the last value, 0.5
+    assert abs(later / (3 * n) - 0.5) < 0.06
+    # Without colour captions the captions are those of the default dataset, whatever the schedule's length.
+    default = SyntheticShapes("train", size=n, seed=3, level_probs=single)
+    zeros = SyntheticShapes("train", size=n, seed=3, level_probs=single, color_captions=(0.0, 0.0))
+    assert [default.caption(i) for i in range(0, 3 * n, 7)] == [zeros.caption(i) for i in range(0, 3 * n, 7)]
+    for bad in ((), (1.5,), (0.2, -0.1), (float("nan"),)):
+        with pytest.raises(ValueError, match=r"colour-caption fractions must be one or more numbers in \[0, 1\]"):
+            SyntheticShapes("train", color_captions=bad)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Captions
 # ---------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def test_paired_seeds_give_the_same_initial_towers():
     (["--set", "lr"], "expected FLAG=VALUE"),
     (["--set", "lr=fast"], "--set lr=fast: not a valid float"),
     (["--entailment", "-1"], "--entailment values must be >= 0"),
+    (["--jobs", "0"], "expected auto or a positive number of cells at a time, got '0'"),
     (["--grid", "headline", "--logits", "inner", "--geometries", "euclidean"], "the grid has no valid cell"),
 ])
 def test_bad_grids_fail_before_any_training(tmp_path, capsys, flags, message):

@@ -15,12 +15,14 @@ import pytest
 
 from euclip.cli import main
 from euclip.study.grid import QUICK_RECIPE, Grid
+from euclip.study import sweep as sweep_module
 from euclip.study.sweep import Sweep
 
 pytestmark = pytest.mark.slow
 
 TWO_CELLS = ["--geometries", "euclidean", "--logits", "squared,distance", "--final-ln", "off", "--entailment", "0",
-             "--seeds", "0", "--quick", "--set", "steps=12", "--set", "save_every_steps=3", "--no-progress"]
+             "--seeds", "0", "--quick", "--set", "steps=12", "--set", "save_every_steps=3", "--no-progress",
+             "--jobs", "1"]  # one at a time: the SIGKILL test needs the first cell finished, the second running
 TIMING = {"train_seconds", "samples_per_s"}
 
 
@@ -102,3 +104,21 @@ def test_a_sweep_folder_of_another_grid_is_refused_unless_extend(tmp_path, capsy
     assert main(["sweep", "--grid", "headline", "--seeds", "0,1,2", "--output", str(root / "x"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("todo ") == 9 and "9 cells, 9 to run: about" in out and not (root / "x").exists()
+
+
+@pytest.mark.parametrize("cores,gpus,expected", [(2, 0, 2), (1, 0, 1), (None, 0, 1), (64, 0, 8), (16, 4, 4)])
+def test_auto_jobs_is_one_cell_per_gpu_else_per_cpu_core(monkeypatch, cores, gpus, expected):
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(sweep_module, "_gpu_count", lambda: gpus)
+    assert sweep_module.auto_jobs() == expected
+
+
+def test_the_estimate_counts_rounds_of_parallel_cells(tmp_path):
+    sweep = Sweep(tmp_path / "s", Grid(geometries=("euclidean",), logits=("squared",), final_ln=(False,),
+                                       entailment=(0.0,), seeds=(0, 1, 2)), dict(QUICK_RECIPE))
+    cells = sweep.cells()
+    per_cell = QUICK_RECIPE["steps"] * QUICK_RECIPE["batch_size"] / sweep_module.DEFAULT_SAMPLES_PER_S + \
+        sweep_module.DEFAULT_EVAL_SECONDS
+    assert sweep_module.estimate_seconds(sweep, cells, jobs=1)[0] == pytest.approx(3 * per_cell)
+    assert sweep_module.estimate_seconds(sweep, cells, jobs=2)[0] == pytest.approx(2 * per_cell)  # 2 rounds
+    assert sweep_module.estimate_seconds(sweep, cells, jobs=8)[0] == pytest.approx(per_cell)

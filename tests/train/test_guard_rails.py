@@ -101,6 +101,8 @@ BAD_INPUT = {
     "caption-levels": (["--synthetic-caption-levels", "1,2"], "--synthetic-caption-levels: caption level "
                        "frequencies must be 5 non-negative numbers"),
     "caption-levels-text": (["--synthetic-caption-levels", "1,a"], "expected comma-separated numbers, got '1,a'"),
+    "color-captions": (["--synthetic-color-captions", "0,2"], "--synthetic-color-captions: colour-caption "
+                       "fractions must be one or more numbers in [0, 1]"),
     "device-tpu": (["--device", "tpu"], "--device tpu: not a device; use auto, cpu, cuda or cuda:N"),
     "min-radius-final": (["--min-radius-final", "-1"], "--min-radius-final must be positive, got -1"),
     "min-radius": (["--min-radius", "0"], "--min-radius must be positive, got 0"),

@@ -3,11 +3,13 @@ the entailment loss (weight warm-up, min-radius ramp), as logged."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from euclip.cli import main
-from euclip.data.synthetic import COLORS, SHAPE_SYNONYMS
+from euclip.data.synthetic import COLOR_SYNONYMS, COLORS, SHAPE_SYNONYMS
 from euclip.train.config import resolve_config
 from euclip.data.sources import StreamPosition, get_source
 
@@ -39,3 +41,19 @@ def test_synthetic_caption_levels_reach_the_training_stream():
     shape_words = [w for synonyms in SHAPE_SYNONYMS.values() for w in synonyms]
     assert len(captions) == 32
     assert all(any(w in c for w in shape_words) and not any(f" {col}" in c for col in COLORS) for c in captions)
+
+
+def test_synthetic_colour_captions_reach_the_training_stream():
+    # One epoch of 32 samples: the first batch names shapes, the second (epoch 1) colours only.
+    cfg = resolve_config({"steps": 2, "batch_size": 32, "workers": 0, "train_num_samples": 32,
+                          "synthetic_caption_levels": (0, 0, 1, 0, 0), "synthetic_color_captions": (0, 1)})
+    data = get_source("synthetic").train_stream(cfg.data_options(), lambda captions: torch.zeros(len(captions), 1,
+                                                dtype=torch.long), 32, StreamPosition())
+    batches = iter(data.loader)
+    first, second = next(batches).captions, next(batches).captions
+
+    def names(caption: str, synonyms: dict) -> bool:
+        return any(re.search(rf"\b{re.escape(w)}\b", caption) for words in synonyms.values() for w in words)
+
+    assert all(names(c, SHAPE_SYNONYMS) and not names(c, COLOR_SYNONYMS) for c in first)
+    assert all(names(c, COLOR_SYNONYMS) and not names(c, SHAPE_SYNONYMS) for c in second)
