@@ -23,6 +23,10 @@ against ``open_clip.loss.ClipLoss``, and the sigmoid loss against ``open_clip.lo
 with euclip's default ``block_size="auto"`` (blocked above :data:`euclip.losses.blocked.BLOCK_ENTRIES`).
 ``euclip bench loss --batch-sizes 8192 16384`` (CPU) or ``--device cuda --batch-sizes 32768``.
 
+``sweep``: samples per second of the sweep's cells (its recipe, the tiny model) on a CPU, one cell on every core
+against several single-threaded cells at once (what ``euclip sweep --jobs auto`` does), as a ratio to the former:
+``euclip bench sweep --jobs 2``.
+
 Adding a benchmark: write ``_bench_name(args)`` and ``_add_name_arguments(parser)`` and register both in
 :data:`BENCHMARKS`.
 """
@@ -416,9 +420,70 @@ def _bench_loss(args: argparse.Namespace) -> None:
     print(_format_loss_table(results, args.batch_sizes, rows))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# sweep: cells at a time on a CPU
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sweep_throughput(cells: int, threads: int, steps: int, batch_size: int, root: str) -> dict[str, float]:
+    """Train ``cells`` runs of the sweep's recipe at once, ``threads`` intra-op threads each, for ``steps`` steps.
+
+    Returns ``{"per_cell": mean samples/s of one cell, "total": their sum, "wall": seconds from the first start to
+    the last end}``; the samples/s are each run's own (``summary.json``: training time, without start-up).
+    """
+    from euclip.study.grid import RECIPE
+    from euclip.study.sweep import _flags
+
+    options = {**RECIPE, "steps": steps, "batch_size": batch_size, "warmup": 1, "save_every_steps": steps,
+               "log_every_steps": steps}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    outputs = [os.path.join(root, f"cells{cells}_threads{threads}_{i}") for i in range(cells)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "euclip.cli", "train", *_flags({**options, "seed": i}),
+                               "--no-eval", "--overwrite", "--output", out], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i, out in enumerate(outputs)]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"a benchmark run failed ({proc.returncode}): {err[-2000:]}")
+    wall = time.perf_counter() - start
+    rates = [json.loads(open(os.path.join(out, "summary.json")).read())["samples_per_s"] for out in outputs]
+    return {"per_cell": statistics.fmean(rates), "total": sum(rates), "wall": wall}
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=60, help="training steps per cell")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size (the sweep's: 128)")
+    parser.add_argument("--jobs", type=int, nargs="+", default=None,
+                        help="numbers of single-threaded cells at once to compare (default: the CPU cores)")
+
+
+def _bench_sweep(args: argparse.Namespace) -> None:
+    """Samples/s of the sweep's cells on a CPU: one cell on every core against several single-threaded cells."""
+    import tempfile
+
+    cores = os.cpu_count() or 1
+    layouts = [(1, cores)] + [(jobs, 1) for jobs in (args.jobs or [cores]) if (jobs, 1) != (1, cores)]
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        for cells, threads in layouts:
+            results[(cells, threads)] = sweep_throughput(cells, threads, args.steps, args.batch_size, root)
+            print(f"  {cells} cell(s) × {threads} thread(s): {results[(cells, threads)]['total']:.0f} samples/s",
+                  file=sys.stderr, flush=True)
+    baseline = results[layouts[0]]["total"]
+    print(f"The sweep's recipe (tiny model, batch {args.batch_size}), {args.steps} steps per cell, {cores} CPU cores; "
+          "samples/s from each run's training time; ratios against one cell on every core, in the same run.\n")
+    print("| cells at a time | threads each | samples/s per cell | samples/s in all | ratio | wall s |")
+    print("|--:|--:|--:|--:|--:|--:|")
+    for (cells, threads), r in results.items():
+        print(f"| {cells} | {threads} | {r['per_cell']:.0f} | {r['total']:.0f} | {r['total'] / baseline:.2f}× | "
+              f"{r['wall']:.0f} |")
+
+
 BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]]] = {
     "geometry": (_bench_geometry, _add_geometry_arguments),
     "loss": (_bench_loss, _add_loss_arguments),
+    "sweep": (_bench_sweep, _add_sweep_arguments),
 }
 
 

@@ -23,11 +23,27 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
+import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["CheckpointError", "RunDir", "checkpoint_path", "load_checkpoint_file", "newest_intact_checkpoint",
-           "read_json", "write_json"]
+__all__ = ["CheckpointError", "RunDir", "checkpoint_path", "command_line", "load_checkpoint_file",
+           "newest_intact_checkpoint", "read_json", "set_command_line", "write_json"]
+
+_COMMAND: list[str] | None = None
+
+
+def set_command_line(words: list[str] | None) -> None:
+    """Remember the command being run (``euclip.cli.main`` does, with its arguments), for ``command.txt`` files:
+    a sweep's cells and in-process calls of ``main`` would otherwise record their host process's ``sys.argv``."""
+    global _COMMAND
+    _COMMAND = None if words is None else list(words)
+
+
+def command_line() -> str:
+    """The command being run, shell-quoted: the one :func:`set_command_line` named, else ``sys.argv``."""
+    return shlex.join(_COMMAND if _COMMAND is not None else sys.argv)
 
 
 class CheckpointError(ValueError):

@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from euclip.runs import set_command_line
+
 # Modules that add sub-commands: each has ``register(subparsers)``, which adds its parser(s) and sets ``func``
 # (taking the parsed arguments, returning the exit code). Imported only when the parser is built.
 COMMAND_MODULES: tuple[str, ...] = ("euclip.cli.train", "euclip.cli.evaluate", "euclip.cli.tools", "euclip.cli.interop",
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     # `euclip bench` hands its arguments to euclip.bench's own parser; argparse's REMAINDER would not take a leading
     # option (`euclip bench -h`), so what no euclip parser knows goes to it.
     args, unknown = parser.parse_known_args(argv)
+    set_command_line(["euclip", *(sys.argv[1:] if argv is None else argv)])
     if getattr(args, "bench_args", None) is not None:
         args.bench_args = unknown + args.bench_args
     elif unknown:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
 from euclip.cli.evaluate import describe
+from euclip.runs import command_line
 
 SWEEP_EXAMPLES = (
     "euclip sweep --grid headline --seeds 0,1,2 --output runs/headline",
@@ -136,7 +136,7 @@ def build_sweep(args: argparse.Namespace):
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from euclip.study.sweep import auto_jobs, estimate_seconds, plan, run_sweep
+    from euclip.study.sweep import auto_jobs, estimate_seconds, plan, record_wall_time, run_sweep
 
     sweep = build_sweep(args)
     cells = plan(sweep)  # validates the grid before anything is written
@@ -150,12 +150,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
               f"(from {basis})")
         return 0
     sweep.prepare(extend=args.extend)
-    (sweep.root / "command.txt").write_text("euclip " + " ".join(sys.argv[1:]) + "\n")
+    (sweep.root / "command.txt").write_text(command_line() + "\n")
     start = time.perf_counter()
     outcome = run_sweep(sweep, args.launcher, jobs, {"partition": args.partition, "gpus": args.gpus,
                                                           "cpus": args.cpus, "mem_gb": args.mem_gb,
                                                           "time": args.time}, args.progress)
     failed = [r for r in outcome if r["status"] == "failed"]
+    if outcome:
+        record_wall_time(sweep.root, time.perf_counter() - start, jobs if args.launcher == "local" else len(outcome))
     _finish(sweep.root, args.progress)
     print(f"sweep: {len(cells)} cells, {len(outcome)} run now in {time.perf_counter() - start:.0f} s, "
           f"{len(failed)} failed{': ' + ', '.join(Path(r['run']).name for r in failed if r['run']) if failed else ''}")
@@ -180,7 +182,7 @@ def run_claims_command(args: argparse.Namespace) -> int:
     from euclip.study.claims import evaluate_claims
     from euclip.study.page import markdown, write_page
     from euclip.study.results import write_results
-    from euclip.study.sweep import cell_seconds, load_sweep
+    from euclip.study.sweep import cell_seconds, load_sweep, wall_time
 
     root = Path(args.sweep)
     sweep = load_sweep(root)
@@ -200,6 +202,6 @@ def run_claims_command(args: argparse.Namespace) -> int:
         command = (root / "command.txt").read_text().strip() if (root / "command.txt").is_file() else "euclip sweep"
         seeds = sorted({r["seed"] for r in rows})
         Path(args.markdown).write_text(markdown(agg, claims, command, datetime.date.today().isoformat(),
-                                                cell_seconds(sweep), seeds))
+                                                cell_seconds(sweep), seeds, wall_time(root)))
         print(f"written to {args.markdown}")
     return 0

@@ -20,7 +20,7 @@ __all__ = ["AXES", "Cell", "GRIDS", "Grid", "QUICK_RECIPE", "RECIPE", "parse_set
 # epochs of 19,200 samples (150 steps each): in the first, single-attribute captions name the shape; in the second,
 # half of them name the colour instead ("a red shape"). Shapes first because a small model that meets the easy
 # attribute (colour) first never learns the other in this budget (README, "Known limits"). With two cells at a
-# time on a 2-core CPU (`--jobs auto`), the 9 headline runs take about 30 min, the 60 of the paper grid about 2.5 h.
+# time on a 2-core CPU (`--jobs auto`), the 9 headline runs took 25 min, so the 60 of the paper grid take ~2.8 h.
 RECIPE: dict[str, object] = dict(
     model="tiny", steps=300, batch_size=128, lr=1e-3, warmup=30, wd=0.1, entailment_warmup=100,
     train_num_samples=19_200, synthetic_color_captions=(0.0, 0.5), workers=1, log_every_steps=25,

@@ -130,11 +130,16 @@ TABLE_METRICS = {"zeroshot.top1": True, "zeroshot.color_top1": True, "zeroshot.c
 
 
 def markdown(agg: list[dict], claims: list[dict], command: str, date: str, seconds: float | None,
-             seeds: list[int]) -> str:
-    """docs/results.md: machine, command, date, seeds, the grid table and each claim's verdict."""
+             seeds: list[int], wall: dict | None = None) -> str:
+    """docs/results.md: machine, command, date, seeds, the grid table and each claim's verdict.
+
+    ``seconds``: the cells' times summed; ``wall``: :func:`euclip.study.sweep.wall_time` (the clock time of the
+    ``euclip sweep`` commands that ran them, with how many cells ran at a time)."""
+    timing = f", {seconds / 60:.0f} min of cell time" if seconds else ""
+    if wall:
+        timing += f", {wall['seconds'] / 60:.0f} min on the clock ({'/'.join(map(str, wall['jobs']))} cell(s) at a time)"
     lines = [f"# Results of `{command}`", "",
-             f"Produced on {date} on {platform.machine()} ({_cpu()}, no GPU, float32), seeds {seeds}"
-             + (f", {seconds / 60:.0f} min in all." if seconds else "."), "",
+             f"Produced on {date} on {platform.machine()} ({_cpu()}, no GPU, float32), seeds {seeds}{timing}.", "",
              "Each value: the mean over seeds ± half its 95 % interval (Student's t).", "",
              "| geometry | logit | final LN | entailment | " + " | ".join(TABLE_METRICS) + " |",
              "|---|---|---|---|" + "---:|" * len(TABLE_METRICS)]

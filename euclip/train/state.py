@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 import euclip
-from euclip.runs import RunDir
+from euclip.runs import RunDir, command_line
 from euclip.train.checkpoint import (remove_stale_temporaries, resume_checkpoint, rng_state, save_checkpoint,
                                      set_rng_state)
 from euclip.train.config import TrainConfig
@@ -124,7 +123,7 @@ def write_run_metadata(trainer: Trainer) -> None:
     run = trainer.run
     run.path.mkdir(parents=True, exist_ok=True)
     trainer.cfg.save(run.config)
-    run.command.write_text(" ".join(sys.argv) + "\n")
+    run.command.write_text(command_line() + "\n")
     run.version.write_text(f"euclip {euclip.__version__}\ntorch {torch.__version__}\n")
     for stale in remove_stale_temporaries(run.checkpoints):
         log.warning("removed %s, left by a checkpoint write that was interrupted", stale)

@@ -55,8 +55,22 @@ def test_a_tiny_sweep_writes_runs_results_claims_and_a_page(reference):
     assert claims["C3"]["metrics"][0]["pairs"] == 1 and claims["C3"]["verdict"] == "inconclusive"  # one seed
     page = (reference / "report" / "index.html").read_text()
     assert "C1" in page and "grid_zeroshot_top1.png" in page
-    # Each cell is an ordinary run directory: every euclip command reads it.
+    # Each cell is an ordinary run directory, started by an ordinary command: every euclip command reads it.
+    command = (reference / rows[0]["name"] / "command.txt").read_text()
+    assert command.startswith("euclip train --no-eval --output ") and "--geometry euclidean --logit squared" in command
     assert main(["eval", "zeroshot", str(reference / rows[0]["name"]), "--num-samples", "8", "--no-progress"]) == 0
+
+
+def test_the_results_page_gives_the_command_times_grid_and_verdicts(reference, tmp_path):
+    wall = json.loads((reference / "wall_time.json").read_text())
+    assert wall["jobs"] == [1] and wall["seconds"] > 0
+    page = tmp_path / "results.md"
+    assert main(["claims", str(reference), "--markdown", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Results of `euclip sweep --geometries euclidean")
+    assert "seeds [0]" in text and "min of cell time" in text and "min on the clock (1 cell(s) at a time)" in text
+    assert "| euclidean | squared | no | 0 |" in text and "| euclidean | distance | no | 0 |" in text
+    assert "| C3 | negative squared distance" in text and "**inconclusive**" in text  # one seed: no verdict
 
 
 def test_sigkill_mid_cell_then_rerun_resumes_and_equals_the_uninterrupted_sweep(reference, tmp_path):
