@@ -47,8 +47,8 @@ __all__ = [
     "COLORS", "COLOR_FAMILIES", "COLOR_TO_FAMILY", "COLOR_SYNONYMS", "COLOR_RGB",
     "SIZES", "SIZE_SYNONYMS", "POSITIONS", "POSITION_PHRASES", "BACKGROUNDS", "BACKGROUND_PHRASES",
     "CAPTION_LEVELS", "LEVEL_PROBS", "FRAMES", "TEMPLATES", "HELDOUT_COMBINATIONS", "SPLITS",
-    "Attributes", "SyntheticShapes", "check_color_captions", "check_level_probs", "shape_taxonomy", "color_taxonomy", "caption_pool",
-    "benchmark",
+    "Attributes", "SyntheticShapes", "check_color_captions", "check_level_probs", "shape_taxonomy", "color_taxonomy",
+    "caption_pool", "benchmark",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,8 +119,8 @@ shape-only captions CLIP reached 99 % shape but MERU stayed at chance; with this
 --synthetic-caption-levels``) to study other mixes. Colour-only captions (``color_captions``, ``euclip train
 --synthetic-color-captions``) at any point of training show the same suppression: from the start (35 % of the
 captions), colour 99.8 % and shapes 6-10 %; for the first 75 steps only, colour 98 % and shapes 9 % after 225 more
-shape-heavy steps; from step 150 of 300 (the sweep's recipe), both partly (shape 31-53 %, colour 54-80 % for CLIP)
-or shapes only (EuCLIP: 98 % / 13 %)."""
+shape-heavy steps; from step 150 of 300 (the sweep's recipe), CLIP trades shapes for some colour (shape 33-88 %,
+colour 9-26 % over three seeds) while EuCLIP keeps its shapes (97-99 %) and colour stays at chance."""
 
 SPLITS: dict[str, int] = {"train": 0, "test": 1, "heldout": 2}
 """Split name -> the code mixed into the RNG seed (different codes = disjoint index streams)."""
@@ -468,8 +468,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
         color_captions: per epoch (sample ``i`` is in epoch ``i // size``), the fraction of level-2 captions
             that name the object's colour instead of its shape (``"a red shape"`` for ``"a triangle"``); the last
             value holds for every later epoch. ``(0.0,)`` (the default): level 2 always names the shape. A
-            schedule such as ``(0, 0.4)`` teaches shapes first and colours second: a small model learns whichever
-            attribute is easiest first (colour) and then barely learns the other (see :data:`LEVEL_PROBS`).
+            schedule such as ``(0, 0.5)`` (the sweep's) teaches shapes first and colours second: a small model
+            learns whichever attribute is easiest first (colour) and then barely learns the other (see
+            :data:`LEVEL_PROBS`).
 
     Raises:
         ValueError: unknown split, ``size <= 0``, negative seed, ``image_size < 8``, ``level_probs`` not five

@@ -137,7 +137,8 @@ def markdown(agg: list[dict], claims: list[dict], command: str, date: str, secon
     ``euclip sweep`` commands that ran them, with how many cells ran at a time)."""
     timing = f", {seconds / 60:.0f} min of cell time" if seconds else ""
     if wall:
-        timing += f", {wall['seconds'] / 60:.0f} min on the clock ({'/'.join(map(str, wall['jobs']))} cell(s) at a time)"
+        jobs = "/".join(map(str, wall["jobs"]))
+        timing += f", {wall['seconds'] / 60:.0f} min on the clock ({jobs} cell(s) at a time)"
     lines = [f"# Results of `{command}`", "",
              f"Produced on {date} on {platform.machine()} ({_cpu()}, no GPU, float32), seeds {seeds}{timing}.", "",
              "Each value: the mean over seeds ± half its 95 % interval (Student's t).", "",

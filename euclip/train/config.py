@@ -106,7 +106,7 @@ class TrainConfig:
     synthetic_color_captions: tuple[float, ...] | None = option(
         None, group="data", metavar="F0[,F1,...]",
         help="synthetic: per epoch, the fraction of level-2 captions that name the colour (\"a red shape\") instead "
-             "of the shape; the last value holds for later epochs (the sweep's recipe: 0,0.4 = shapes first)",
+             "of the shape; the last value holds for later epochs (the sweep's recipe: 0,0.5 = shapes first)",
         default_text="0: level 2 names the shape")
     dataset_resampled: bool = option(False, group="data",
                                      help="webdataset: draw shards with replacement (an infinite stream)")
