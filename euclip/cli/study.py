@@ -135,6 +135,12 @@ def build_sweep(args: argparse.Namespace):
                  QUICK_EVAL_SAMPLES if args.quick else EVAL_SAMPLES)
 
 
+def sweep_commands(root: Path) -> list[str]:
+    """The ``euclip sweep`` commands that made and extended the folder (``command.txt``, one per line)."""
+    path = root / "command.txt"
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
     from euclip.study.sweep import auto_jobs, estimate_seconds, plan, record_wall_time, run_sweep
 
@@ -150,7 +156,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
               f"(from {basis})")
         return 0
     sweep.prepare(extend=args.extend)
-    (sweep.root / "command.txt").write_text(command_line() + "\n")
+    commands = sweep_commands(sweep.root)
+    if command_line() not in commands:  # one line per command that made or extended the folder
+        (sweep.root / "command.txt").write_text("".join(f"{c}\n" for c in [*commands, command_line()]))
     start = time.perf_counter()
     outcome = run_sweep(sweep, args.launcher, jobs, {"partition": args.partition, "gpus": args.gpus,
                                                           "cpus": args.cpus, "mem_gb": args.mem_gb,
@@ -199,9 +207,9 @@ def run_claims_command(args: argparse.Namespace) -> int:
                 print(f"     {m['metric']}: {m['effect']:+.4g} [{m['ci_low']:+.4g}, {m['ci_high']:+.4g}] over "
                       f"{m['pairs']} pairs → {m['verdict']}")
     if args.markdown:
-        command = (root / "command.txt").read_text().strip() if (root / "command.txt").is_file() else "euclip sweep"
         seeds = sorted({r["seed"] for r in rows})
-        Path(args.markdown).write_text(markdown(agg, claims, command, datetime.date.today().isoformat(),
+        Path(args.markdown).write_text(markdown(agg, claims, sweep_commands(root) or ["euclip sweep"],
+                                                datetime.date.today().isoformat(),
                                                 cell_seconds(sweep), seeds, wall_time(root)))
         print(f"written to {args.markdown}")
     return 0

@@ -129,9 +129,11 @@ TABLE_METRICS = {"zeroshot.top1": True, "zeroshot.color_top1": True, "zeroshot.c
                  "geometry.separation_auc": False, "geometry.level_spearman": False}
 
 
-def markdown(agg: list[dict], claims: list[dict], command: str, date: str, seconds: float | None,
+def markdown(agg: list[dict], claims: list[dict], commands: list[str], date: str, seconds: float | None,
              seeds: list[int], wall: dict | None = None) -> str:
-    """docs/results.md: machine, command, date, seeds, the grid table and each claim's verdict.
+    """docs/results.md: machine, commands, date, seeds, the grid table and each claim's verdict.
+
+    ``commands``: the ``euclip sweep`` commands that made the folder, the first one and those that extended it.
 
     ``seconds``: the cells' times summed; ``wall``: :func:`euclip.study.sweep.wall_time` (the clock time of the
     ``euclip sweep`` commands that ran them, with how many cells ran at a time)."""
@@ -139,7 +141,10 @@ def markdown(agg: list[dict], claims: list[dict], command: str, date: str, secon
     if wall:
         jobs = "/".join(map(str, wall["jobs"]))
         timing += f", {wall['seconds'] / 60:.0f} min on the clock ({jobs} cell(s) at a time)"
-    lines = [f"# Results of `{command}`", "",
+    lines = [f"# Results of `{commands[0]}`", ""]
+    if len(commands) > 1:
+        lines += ["Extended by " + ", ".join(f"`{c}`" for c in commands[1:]) + ".", ""]
+    lines += [
              f"Produced on {date} on {platform.machine()} ({_cpu()}, no GPU, float32), seeds {seeds}{timing}.", "",
              "Each value: the mean over seeds ± half its 95 % interval (Student's t).", "",
              "| geometry | logit | final LN | entailment | " + " | ".join(TABLE_METRICS) + " |",

@@ -41,20 +41,23 @@ LAUNCHERS = ("local", "slurm", "submitit-local")
 
 @dataclass
 class Sweep:
-    """A sweep folder and what it runs."""
+    """A sweep folder and what it runs: ``grid``, and the grids of the earlier commands it ``--extend``-ed
+    (``extends``, read back from the folder by :func:`load_sweep`), whose cells its tables include."""
 
     root: Path
     grid: Grid
     recipe: dict
     sets: dict = field(default_factory=dict)
     eval_samples: int = EVAL_SAMPLES
+    extends: tuple[Grid, ...] = ()
 
     def manifest(self) -> dict:
         return {"grid": self.grid.to_dict(), "recipe": self.recipe, "sets": self.sets,
                 "eval_samples": self.eval_samples}
 
     def cells(self) -> list[Cell]:
-        return self.grid.cells()
+        """Every cell of the earlier grids, then this grid's (each once)."""
+        return list(dict.fromkeys(c for grid in (*self.extends, self.grid) for c in grid.cells()))
 
     def run_dir(self, cell: Cell) -> Path:
         return self.root / cell.name
@@ -69,6 +72,8 @@ class Sweep:
         path = self.root / MANIFEST
         previous = read_json(path)
         mine = json.loads(json.dumps(self.manifest()))  # as JSON reads it back (tuples → lists)
+        if previous is not None and {k: v for k, v in previous.items() if k != "extended_from"} == mine:
+            return  # the same command again (resuming): the folder's history stays as it is
         if previous is not None and previous != mine:
             if previous.get("recipe") != mine["recipe"] or previous.get("sets") != mine["sets"] or \
                     previous.get("eval_samples") != mine["eval_samples"] or not extend:
@@ -318,12 +323,17 @@ def load_sweep(root: str | Path) -> Sweep:
     manifest = read_json(Path(root) / MANIFEST)
     if not manifest:
         raise FileNotFoundError(f"{root}: not a sweep folder (no {MANIFEST}; run `euclip sweep --output {root}`)")
-    g = manifest["grid"]
-    grid = Grid(geometries=tuple(g["geometries"]), logits=tuple(g["logits"]), final_ln=tuple(g["final_ln"]),
-                entailment=tuple(g["entailment"]), seeds=tuple(g["seeds"]),
-                extra={k: tuple(v) for k, v in g.get("extra", {}).items()},
-                cells_filter=tuple(tuple(c) for c in g["cells_filter"]) if g.get("cells_filter") else None)
-    return Sweep(Path(root), grid, manifest["recipe"], manifest.get("sets", {}), manifest["eval_samples"])
+    grids = []
+    entry = manifest
+    while entry:  # the newest grid first, then the ones it extended
+        g = entry["grid"]
+        grids.append(Grid(geometries=tuple(g["geometries"]), logits=tuple(g["logits"]), final_ln=tuple(g["final_ln"]),
+                          entailment=tuple(g["entailment"]), seeds=tuple(g["seeds"]),
+                          extra={k: tuple(v) for k, v in g.get("extra", {}).items()},
+                          cells_filter=tuple(tuple(c) for c in g["cells_filter"]) if g.get("cells_filter") else None))
+        entry = entry.get("extended_from")
+    return Sweep(Path(root), grids[0], manifest["recipe"], manifest.get("sets", {}), manifest["eval_samples"],
+                 extends=tuple(reversed(grids[1:])))
 
 
 WALL_TIME = "wall_time.json"

@@ -121,3 +121,13 @@ def test_aggregate_groups_seeds():
     agg = {(a["geometry"]): a for a in aggregate(rows)}
     assert agg["euclidean"]["seeds"] == [0, 1, 2] and agg["euclidean"]["zeroshot.top1.mean"] == pytest.approx(0.6)
     assert agg["elliptic"]["seeds"] == [0] and agg["elliptic"]["zeroshot.top1.n"] == 1  # the failed run is left out
+
+
+def test_the_results_page_names_every_command_and_both_times():
+    from euclip.study.page import markdown
+
+    text = markdown([], [], ["euclip sweep --grid headline", "euclip sweep --geometries euclidean --extend"],
+                    "2026-12-03", 1800.0, [0, 1], {"seconds": 1200.0, "jobs": [2, 3]})
+    assert text.startswith("# Results of `euclip sweep --grid headline`\n\nExtended by `euclip sweep --geometries "
+                           "euclidean --extend`.")
+    assert "seeds [0, 1], 30 min of cell time, 20 min on the clock (2/3 cell(s) at a time)." in text

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from euclip.cli import main
-from euclip.study.grid import QUICK_RECIPE, Grid
+from euclip.study.grid import HEADLINE, QUICK_RECIPE, Grid
 from euclip.study import sweep as sweep_module
 from euclip.study.sweep import Sweep
 
@@ -115,6 +115,15 @@ def test_a_sweep_folder_of_another_grid_is_refused_unless_extend(tmp_path, capsy
     Sweep(root, Grid(seeds=(0, 1)), dict(QUICK_RECIPE)).prepare(extend=True)
     with pytest.raises(ValueError, match="different recipe"):
         Sweep(root, Grid(seeds=(0, 1)), dict(QUICK_RECIPE, lr=0.1)).prepare(extend=True)
+    # The folder's tables take the cells of every grid it was extended with; resuming the last command needs no
+    # --extend and keeps that history.
+    headline = Grid(geometries=("elliptic", "euclidean", "hyperbolic"), seeds=(2,), cells_filter=HEADLINE)
+    Sweep(root, headline, dict(QUICK_RECIPE)).prepare(extend=True)
+    Sweep(root, headline, dict(QUICK_RECIPE)).prepare()
+    loaded = sweep_module.load_sweep(root)
+    assert loaded.grid == headline and len(loaded.extends) == 2
+    names = [c.name for c in loaded.cells()]
+    assert len(names) == len(set(names)) == 30 * 2 + 3 and names[-1] == "hyperbolic-distance_ln_ent0.2_s2"
     assert main(["sweep", "--grid", "headline", "--seeds", "0,1,2", "--output", str(root / "x"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("todo ") == 9 and "9 cells, 9 to run: about" in out and not (root / "x").exists()
