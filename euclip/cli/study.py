@@ -135,14 +135,8 @@ def build_sweep(args: argparse.Namespace):
                  QUICK_EVAL_SAMPLES if args.quick else EVAL_SAMPLES)
 
 
-def sweep_commands(root: Path) -> list[str]:
-    """The ``euclip sweep`` commands that made and extended the folder (``command.txt``, one per line)."""
-    path = root / "command.txt"
-    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from euclip.study.sweep import auto_jobs, estimate_seconds, plan, record_wall_time, run_sweep
+    from euclip.study.sweep import auto_jobs, estimate_seconds, plan, record_command, record_wall_time, run_sweep
 
     sweep = build_sweep(args)
     cells = plan(sweep)  # validates the grid before anything is written
@@ -156,9 +150,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
               f"(from {basis})")
         return 0
     sweep.prepare(extend=args.extend)
-    commands = sweep_commands(sweep.root)
-    if command_line() not in commands:  # one line per command that made or extended the folder
-        (sweep.root / "command.txt").write_text("".join(f"{c}\n" for c in [*commands, command_line()]))
+    record_command(sweep.root, command_line())
     start = time.perf_counter()
     outcome = run_sweep(sweep, args.launcher, jobs, {"partition": args.partition, "gpus": args.gpus,
                                                           "cpus": args.cpus, "mem_gb": args.mem_gb,
@@ -190,7 +182,7 @@ def run_claims_command(args: argparse.Namespace) -> int:
     from euclip.study.claims import evaluate_claims
     from euclip.study.page import markdown, write_page
     from euclip.study.results import write_results
-    from euclip.study.sweep import cell_seconds, load_sweep, wall_time
+    from euclip.study.sweep import cell_seconds, load_sweep, sweep_commands, wall_time
 
     root = Path(args.sweep)
     sweep = load_sweep(root)

@@ -132,6 +132,14 @@ class Grid:
         return {k: (list(map(list, v)) if k == "cells_filter" and v is not None else
                     list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
+    @classmethod
+    def from_dict(cls, g: dict) -> "Grid":
+        """The grid :meth:`to_dict` wrote (as JSON read it back: lists for tuples)."""
+        return cls(geometries=tuple(g["geometries"]), logits=tuple(g["logits"]), final_ln=tuple(g["final_ln"]),
+                   entailment=tuple(g["entailment"]), seeds=tuple(g["seeds"]),
+                   extra={k: tuple(v) for k, v in g.get("extra", {}).items()},
+                   cells_filter=tuple(tuple(c) for c in g["cells_filter"]) if g.get("cells_filter") else None)
+
 
 HEADLINE = (("elliptic", "inner", True, 0.0), ("euclidean", "squared", False, 0.0),
             ("hyperbolic", "distance", True, ENTAILMENT))

@@ -326,17 +326,27 @@ def load_sweep(root: str | Path) -> Sweep:
     grids = []
     entry = manifest
     while entry:  # the newest grid first, then the ones it extended
-        g = entry["grid"]
-        grids.append(Grid(geometries=tuple(g["geometries"]), logits=tuple(g["logits"]), final_ln=tuple(g["final_ln"]),
-                          entailment=tuple(g["entailment"]), seeds=tuple(g["seeds"]),
-                          extra={k: tuple(v) for k, v in g.get("extra", {}).items()},
-                          cells_filter=tuple(tuple(c) for c in g["cells_filter"]) if g.get("cells_filter") else None))
+        grids.append(Grid.from_dict(entry["grid"]))
         entry = entry.get("extended_from")
     return Sweep(Path(root), grids[0], manifest["recipe"], manifest.get("sets", {}), manifest["eval_samples"],
                  extends=tuple(reversed(grids[1:])))
 
 
 WALL_TIME = "wall_time.json"
+COMMANDS = "command.txt"
+
+
+def record_command(root: Path, command: str) -> None:
+    """Add ``command`` to ``ROOT/command.txt`` (one line per command that made or extended the folder), once."""
+    commands = sweep_commands(root)
+    if command not in commands:
+        (root / COMMANDS).write_text("".join(f"{c}\n" for c in [*commands, command]))
+
+
+def sweep_commands(root: Path) -> list[str]:
+    """The ``euclip sweep`` commands that made and extended the folder, oldest first."""
+    path = root / COMMANDS
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def record_wall_time(root: Path, seconds: float, jobs: int) -> None:
